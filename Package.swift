@@ -1,0 +1,30 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "svmm",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "svmm", targets: ["svmm"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // The only C in svmm: typed wrappers over the <linux/kvm.h> ioctls.
+        .target(name: "CKVM"),
+        // Swift API over /dev/kvm.
+        .target(name: "KVM", dependencies: ["CKVM"]),
+        // The x86 board: guest memory, boot state, firmware runner.
+        .target(name: "Machine", dependencies: ["KVM", "CKVM"]),
+        .executableTarget(
+            name: "svmm",
+            dependencies: [
+                "Machine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "MachineTests", dependencies: ["Machine"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,76 @@
+// Typed wrappers over the /dev/kvm ioctls that svmm uses.
+//
+// ioctl(2) is variadic and its request numbers are function-like macros, so
+// neither can be called from Swift directly. Each wrapper here issues exactly
+// one ioctl and returns its result, or -errno on failure (read at once, so no
+// other call can overwrite errno before Swift sees it). No logic lives here.
+#ifndef CKVM_H
+#define CKVM_H
+
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
+#include <linux/kvm.h>
+
+#define CKVM_RESULT(expr) ({ int _r = (expr); _r < 0 ? -errno : _r; })
+
+// System ioctls (on the /dev/kvm fd).
+static inline int ckvm_get_api_version(int fd) { return CKVM_RESULT(ioctl(fd, KVM_GET_API_VERSION, 0)); }
+static inline int ckvm_check_extension(int fd, int cap) { return CKVM_RESULT(ioctl(fd, KVM_CHECK_EXTENSION, cap)); }
+static inline int ckvm_create_vm(int fd, unsigned long type) { return CKVM_RESULT(ioctl(fd, KVM_CREATE_VM, type)); }
+static inline int ckvm_get_vcpu_mmap_size(int fd) { return CKVM_RESULT(ioctl(fd, KVM_GET_VCPU_MMAP_SIZE, 0)); }
+
+// VM ioctls.
+static inline int ckvm_set_user_memory_region(int fd, const struct kvm_userspace_memory_region *r) {
+    return CKVM_RESULT(ioctl(fd, KVM_SET_USER_MEMORY_REGION, r));
+}
+static inline int ckvm_create_vcpu(int fd, unsigned long id) { return CKVM_RESULT(ioctl(fd, KVM_CREATE_VCPU, id)); }
+static inline int ckvm_set_tss_addr(int fd, unsigned long addr) { return CKVM_RESULT(ioctl(fd, KVM_SET_TSS_ADDR, addr)); }
+static inline int ckvm_set_identity_map_addr(int fd, const uint64_t *addr) {
+    return CKVM_RESULT(ioctl(fd, KVM_SET_IDENTITY_MAP_ADDR, addr));
+}
+
+// vCPU ioctls.
+static inline int ckvm_run(int fd) { return CKVM_RESULT(ioctl(fd, KVM_RUN, 0)); }
+static inline int ckvm_get_regs(int fd, struct kvm_regs *r) { return CKVM_RESULT(ioctl(fd, KVM_GET_REGS, r)); }
+static inline int ckvm_set_regs(int fd, const struct kvm_regs *r) { return CKVM_RESULT(ioctl(fd, KVM_SET_REGS, r)); }
+static inline int ckvm_get_sregs(int fd, struct kvm_sregs *r) { return CKVM_RESULT(ioctl(fd, KVM_GET_SREGS, r)); }
+static inline int ckvm_set_sregs(int fd, const struct kvm_sregs *r) { return CKVM_RESULT(ioctl(fd, KVM_SET_SREGS, r)); }
+
+// The kvm_run exit payload is an anonymous union; these accessors give Swift
+// a named view of the members svmm reads.
+static inline struct kvm_run_io_view { uint8_t direction, size; uint16_t port; uint32_t count; uint64_t data_offset; }
+ckvm_run_io(const struct kvm_run *run) {
+    struct kvm_run_io_view v = { run->io.direction, run->io.size, run->io.port, run->io.count, run->io.data_offset };
+    return v;
+}
+static inline uint64_t ckvm_run_mmio_phys_addr(const struct kvm_run *run) { return run->mmio.phys_addr; }
+static inline uint8_t *ckvm_run_mmio_data(struct kvm_run *run) { return run->mmio.data; }
+static inline uint32_t ckvm_run_mmio_len(const struct kvm_run *run) { return run->mmio.len; }
+static inline uint8_t ckvm_run_mmio_is_write(const struct kvm_run *run) { return run->mmio.is_write; }
+static inline uint32_t ckvm_run_internal_suberror(const struct kvm_run *run) { return run->internal.suberror; }
+static inline uint32_t ckvm_run_internal_ndata(const struct kvm_run *run) { return run->internal.ndata; }
+static inline uint64_t ckvm_run_internal_data(const struct kvm_run *run, uint32_t i) {
+    return i < 16 ? run->internal.data[i] : 0;
+}
+static inline uint64_t ckvm_run_fail_entry_reason(const struct kvm_run *run) { return run->fail_entry.hardware_entry_failure_reason; }
+static inline uint32_t ckvm_run_system_event_type(const struct kvm_run *run) { return run->system_event.type; }
+
+// immediate_exit is written by another thread to stop a vCPU; volatile so
+// the store is not elided or reordered by the compiler.
+static inline void ckvm_run_set_immediate_exit(struct kvm_run *run, uint8_t v) {
+    *(volatile uint8_t *)&run->immediate_exit = v;
+}
+
+// A no-op handler for the signal that kicks a vCPU thread out of KVM_RUN.
+// Installed without SA_RESTART so the ioctl returns EINTR.
+static void ckvm_kick_handler(int sig) { (void)sig; }
+static inline int ckvm_install_kick_handler(int sig) {
+    struct sigaction sa = {0};
+    sa.sa_handler = ckvm_kick_handler;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(sig, &sa, 0) < 0 ? -errno : 0;
+}
+
+#endif

@@ -1,0 +1,39 @@
+import CKVM
+import Glibc
+
+/// One KVM virtual machine: memory slots and vCPUs.
+public final class VirtualMachine: Sendable {
+    public let fd: Int32
+    public let hypervisor: Hypervisor
+
+    init(fd: Int32, hypervisor: Hypervisor) {
+        self.fd = fd
+        self.hypervisor = hypervisor
+    }
+
+    deinit { close(fd) }
+
+    /// Maps `size` bytes of host memory at `host` to guest-physical `guestAddress` in `slot`.
+    public func setMemoryRegion(slot: UInt32, guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer, readOnly: Bool = false) throws(KVMError) {
+        var region = kvm_userspace_memory_region(
+            slot: slot,
+            flags: readOnly ? UInt32(KVM_MEM_READONLY) : 0,
+            guest_phys_addr: guestAddress,
+            memory_size: size,
+            userspace_addr: UInt64(UInt(bitPattern: host))
+        )
+        try KVMError.check("KVM_SET_USER_MEMORY_REGION(slot \(slot), 0x\(String(guestAddress, radix: 16)))",
+                           ckvm_set_user_memory_region(fd, &region))
+    }
+
+    /// Intel VMX needs three pages of guest-physical space for the real-mode
+    /// TSS; other KVMs accept and ignore the call.
+    public func setTSSAddress(_ address: UInt64) throws(KVMError) {
+        try KVMError.check("KVM_SET_TSS_ADDR", ckvm_set_tss_addr(fd, UInt(address)))
+    }
+
+    public func createVCPU(id: Int) throws(KVMError) -> VCPU {
+        let vcpufd = try KVMError.check("KVM_CREATE_VCPU(\(id))", ckvm_create_vcpu(fd, UInt(id)))
+        return try VCPU(fd: vcpufd, id: id, mmapSize: hypervisor.vcpuMmapSize, vm: self)
+    }
+}

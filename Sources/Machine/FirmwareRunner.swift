@@ -1,0 +1,166 @@
+import CKVM
+import Dispatch
+import Glibc
+import KVM
+import Synchronization
+
+/// Runs a flat 64-bit test program from `Firmware/` on one vCPU.
+///
+/// The program is loaded at `loadAddress` and entered in long mode with the
+/// first 4 GiB identity-mapped, `rdi` = the caller's argument and a stack
+/// below 0x80000. It talks to svmm through three ports:
+///
+/// | port | access | meaning |
+/// | --- | --- | --- |
+/// | 0xE9 | out byte | console character |
+/// | 0xF5 | out dword | a reported value (e.g. the exception vector a handler saw) |
+/// | 0xF4 | out dword | the program is done; the value is its status |
+///
+/// Any other port or MMIO access is counted and ignored (reads return all-ones),
+/// which makes a loop of `out` instructions an exit benchmark.
+public struct FirmwareRunner: Sendable {
+    public static let loadAddress: UInt64 = 0x10_0000
+    public static let stackTop: UInt64 = 0x8_0000
+    public static let consolePort: UInt16 = 0xE9
+    public static let reportPort: UInt16 = 0xF5
+    public static let exitPort: UInt16 = 0xF4
+
+    public enum Outcome: Equatable, Sendable {
+        case exited(status: UInt32)
+        case halted
+        case shutdown
+        case internalError(suberror: UInt32, data: [UInt64])
+        case failedEntry(reason: UInt64)
+        case timedOut
+    }
+
+    public struct Result: Sendable {
+        public var outcome: Outcome
+        public var reports: [UInt32] = []
+        public var console: [UInt8] = []
+        /// Exits to userspace, all reasons.
+        public var exits: Int = 0
+        /// Wall time from the first entry to the final exit.
+        public var nanoseconds: UInt64 = 0
+        /// Guest RIP when it stopped, where it could be read.
+        public var rip: UInt64?
+    }
+
+    public var memorySize: UInt64 = 4 << 20
+    public var timeoutSeconds: Double = 10
+
+    public init(memorySize: UInt64 = 4 << 20, timeoutSeconds: Double = 10) {
+        self.memorySize = memorySize
+        self.timeoutSeconds = timeoutSeconds
+    }
+
+    public func run(image: [UInt8], argument: UInt64 = 0, kvmPath: String = "/dev/kvm") throws -> Result {
+        let hypervisor = try Hypervisor(path: kvmPath)
+        let vm = try hypervisor.createVM()
+        try? vm.setTSSAddress(0xFFFB_D000)
+        let memory = try GuestMemory(size: memorySize)
+        try memory.register(with: vm)
+        guard UInt64(image.count) <= memorySize - Self.loadAddress else {
+            throw GuestMemoryError(address: Self.loadAddress, length: UInt64(image.count))
+        }
+        try memory.write(image, at: Self.loadAddress)
+        try LongModeSetup.writeTables(into: memory)
+
+        let vcpu = try vm.createVCPU(id: 0)
+        var sregs = try vcpu.getSpecialRegisters()
+        LongModeSetup.apply(to: &sregs)
+        try vcpu.setSpecialRegisters(sregs)
+        var regs = kvm_regs()
+        regs.rip = Self.loadAddress
+        regs.rsp = Self.stackTop
+        regs.rflags = 0x2
+        regs.rdi = argument
+        try vcpu.setRegisters(regs)
+
+        // A watchdog kicks the vCPU out of KVM_RUN if the program overruns.
+        let kick = VCPUKick(vcpu: vcpu)
+        let watchdog = DispatchWorkItem { kick.fire() }
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeoutSeconds, execute: watchdog)
+        defer { watchdog.cancel() }
+
+        var result = Result(outcome: .timedOut)
+        let start = DispatchTime.now().uptimeNanoseconds
+        loop: while true {
+            let exit = try vcpu.run()
+            result.exits += 1
+            switch exit {
+            case let .io(port, isWrite, size, _, data):
+                if !isWrite {
+                    data.initializeMemory(as: UInt8.self, repeating: 0xFF)
+                    continue
+                }
+                switch port {
+                case Self.consolePort:
+                    result.console.append(contentsOf: data)
+                case Self.reportPort:
+                    result.reports.append(Self.value(data, size: size))
+                case Self.exitPort:
+                    result.outcome = .exited(status: Self.value(data, size: size))
+                    break loop
+                default:
+                    continue
+                }
+            case let .mmio(_, isWrite, data):
+                if !isWrite { data.initializeMemory(as: UInt8.self, repeating: 0xFF) }
+            case .halt:
+                result.outcome = .halted
+                break loop
+            case .shutdown:
+                result.outcome = .shutdown
+                break loop
+            case let .internalError(suberror, data):
+                result.outcome = .internalError(suberror: suberror, data: data)
+                break loop
+            case let .failEntry(reason):
+                result.outcome = .failedEntry(reason: reason)
+                break loop
+            case .interrupted:
+                if kick.fired {
+                    result.outcome = .timedOut
+                    break loop
+                }
+            case .systemEvent, .other:
+                result.outcome = .shutdown
+                break loop
+            }
+        }
+        result.nanoseconds = DispatchTime.now().uptimeNanoseconds - start
+        result.rip = try? vcpu.getRegisters().rip
+        return result
+    }
+
+    static func value(_ data: UnsafeMutableRawBufferPointer, size: Int) -> UInt32 {
+        var v: UInt32 = 0
+        for i in 0..<min(size, 4, data.count) { v |= UInt32(data[i]) << (8 * i) }
+        return v
+    }
+}
+
+/// Stops one vCPU from another thread: sets immediate_exit, then signals the
+/// thread that runs it so a guest already executing returns with EINTR.
+final class VCPUKick: Sendable {
+    static let signal = SIGUSR1
+    private let vcpu: VCPU
+    private let thread: pthread_t
+    private let latch = Atomic<Bool>(false)
+
+    /// Must be created on the thread that runs the vCPU.
+    init(vcpu: VCPU) {
+        self.vcpu = vcpu
+        self.thread = pthread_self()
+        VCPU.installKickHandler(signal: Self.signal)
+    }
+
+    var fired: Bool { latch.load(ordering: .acquiring) }
+
+    func fire() {
+        latch.store(true, ordering: .releasing)
+        vcpu.requestExit()
+        pthread_kill(thread, Self.signal)
+    }
+}

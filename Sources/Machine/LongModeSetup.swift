@@ -1,0 +1,89 @@
+import CKVM
+import KVM
+
+/// The 64-bit entry state svmm gives a guest it enters in long mode: a flat
+/// GDT, identity-mapped page tables and the control registers that enable
+/// paging (Intel SDM Vol. 3A §9.8.5, "Initializing IA-32e Mode"; the Linux
+/// boot protocol's 64-bit entry asks for the same).
+public struct LongModeSetup: Sendable {
+    /// Where the tables live in guest-physical memory (all below 1 MiB).
+    public static let gdtAddress: UInt64 = 0x500
+    public static let pml4Address: UInt64 = 0x9000
+    public static let pdptAddress: UInt64 = 0xA000
+    public static let pdAddress: UInt64 = 0xB000   // four PDs: 0xB000–0xEFFF
+
+    /// Identity-mapped span: 4 GiB in 2 MiB pages.
+    public static let identityMappedBytes: UInt64 = 4 << 30
+
+    public static let codeSelector: UInt16 = 0x10
+    public static let dataSelector: UInt16 = 0x18
+
+    /// GDT entries: null, null, 64-bit code, data (Linux's boot GDT uses the
+    /// same selectors: __BOOT_CS = 0x10, __BOOT_DS = 0x18).
+    public static let gdt: [UInt64] = [
+        0,
+        0,
+        0x00AF_9B00_0000_FFFF,  // code: present, DPL0, exec/read, accessed, L=1, G=1
+        0x00CF_9300_0000_FFFF,  // data: present, DPL0, read/write, accessed, D/B=1, G=1
+    ]
+
+    /// Writes the GDT and page tables into guest memory.
+    public static func writeTables(into memory: GuestMemory) throws(GuestMemoryError) {
+        for (i, entry) in gdt.enumerated() {
+            try memory.store(entry, at: gdtAddress + UInt64(i * 8))
+        }
+        // PML4[0] -> PDPT; PDPT[0..3] -> four page directories of 2 MiB pages.
+        let present: UInt64 = 0x1, writable: UInt64 = 0x2, large: UInt64 = 0x80
+        try memory.fill(0, at: pml4Address, count: 0x7000)
+        try memory.store(pdptAddress | present | writable, at: pml4Address)
+        for d in 0..<UInt64(4) {
+            let pd = pdAddress + d * 0x1000
+            try memory.store(pd | present | writable, at: pdptAddress + d * 8)
+            for e in 0..<UInt64(512) {
+                let physical = (d * 512 + e) << 21
+                try memory.store(physical | present | writable | large, at: pd + e * 8)
+            }
+        }
+    }
+
+    /// Segment register contents for a GDT entry (the hidden part KVM loads).
+    static func segment(selector: UInt16, descriptor: UInt64) -> kvm_segment {
+        var s = kvm_segment()
+        s.selector = selector
+        s.base = 0
+        s.limit = 0xFFFF_FFFF
+        s.type = UInt8((descriptor >> 40) & 0xF)
+        s.s = UInt8((descriptor >> 44) & 1)
+        s.dpl = UInt8((descriptor >> 45) & 3)
+        s.present = UInt8((descriptor >> 47) & 1)
+        s.avl = UInt8((descriptor >> 52) & 1)
+        s.l = UInt8((descriptor >> 53) & 1)
+        s.db = UInt8((descriptor >> 54) & 1)
+        s.g = UInt8((descriptor >> 55) & 1)
+        return s
+    }
+
+    /// Puts `sregs` in 64-bit mode with paging on and the tables above loaded.
+    public static func apply(to sregs: inout kvm_sregs) {
+        let code = segment(selector: codeSelector, descriptor: gdt[2])
+        let data = segment(selector: dataSelector, descriptor: gdt[3])
+        sregs.cs = code
+        sregs.ds = data
+        sregs.es = data
+        sregs.fs = data
+        sregs.gs = data
+        sregs.ss = data
+        sregs.gdt.base = gdtAddress
+        sregs.gdt.limit = UInt16(gdt.count * 8 - 1)
+        // A 64-bit TSS-shaped TR (type 11, busy) keeps VM entry checks happy.
+        var tr = kvm_segment()
+        tr.type = 11
+        tr.present = 1
+        tr.limit = 0x67
+        sregs.tr = tr
+        sregs.cr3 = pml4Address
+        sregs.cr4 = 0x20                       // PAE
+        sregs.cr0 = 0x8000_0033                // PG | NE | ET | MP | PE
+        sregs.efer = 0x500                     // LMA | LME
+    }
+}

@@ -1,0 +1,49 @@
+import ArgumentParser
+import Machine
+
+struct RunFirmware: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "firmware",
+        abstract: "Run a flat 64-bit test program from Firmware/ and time it.",
+        discussion: """
+            The program is entered in long mode at 0x100000 with rdi = --arg.
+            Prints one line: outcome, exits to userspace, wall time and time per
+            iteration (wall time / --arg). Status: 0 when the program exits 0.
+
+            Examples:
+              svmm firmware loop --arg 1000000      # guest instruction speed
+              svmm firmware outloop --arg 100000    # cost of one port-I/O exit
+            """
+    )
+
+    @Argument(help: "A name in Firmware/build (probe, loop, outloop) or a path.")
+    var program: String
+
+    @Option(help: "Value passed in rdi (the loop count for loop and outloop).")
+    var arg: UInt64 = 0
+
+    @Option(help: "Seconds before the program is stopped.")
+    var timeout: Double = 60
+
+    @Option(help: "Path of the KVM device.")
+    var device: String = "/dev/kvm"
+
+    func run() throws {
+        let image = FirmwareLocation.load(program)
+        let result: FirmwareRunner.Result
+        do {
+            result = try FirmwareRunner(timeoutSeconds: timeout).run(image: image, argument: arg, kvmPath: device)
+        } catch {
+            fail("\(error)", .kvmUnavailable)
+        }
+        if !result.console.isEmpty { FileHandleOutput.stdout(result.console) }
+        let perIteration = arg > 0 ? Double(result.nanoseconds) / Double(arg) : 0
+        print("outcome=\(result.outcome) exits=\(result.exits) ns=\(result.nanoseconds) ns_per_iteration=\((perIteration * 100).rounded() / 100) reports=\(result.reports)")
+        switch result.outcome {
+        case .exited(status: 0): return
+        case .exited: throw ExitCode(ExitStatus.guestFailed.rawValue)
+        case .timedOut: throw ExitCode(ExitStatus.timeout.rawValue)
+        default: throw ExitCode(ExitStatus.kvmInternalError.rawValue)
+        }
+    }
+}

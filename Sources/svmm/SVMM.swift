@@ -1,0 +1,48 @@
+import ArgumentParser
+import Glibc
+
+@main
+struct SVMM: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "svmm",
+        abstract: "A small, fast virtual machine monitor for Linux/x86-64.",
+        version: "svmm 0.1.0",
+        subcommands: [Probe.self, RunFirmware.self]
+    )
+}
+
+/// svmm's exit statuses. Documented in README.md; keep the two in step.
+enum ExitStatus: Int32 {
+    case success = 0
+    case failure = 1
+    /// `svmm probe`: /dev/kvm works but cannot run a real (interrupt-taking) guest.
+    case kvmNotUsable = 3
+    /// A firmware program ended with a nonzero status.
+    case guestFailed = 4
+    /// The guest ran past --timeout.
+    case timeout = 124
+    /// EX_USAGE, as swift-argument-parser uses for bad options.
+    case usage = 64
+    /// EX_NOINPUT: a file named on the command line cannot be read.
+    case noInput = 66
+    /// EX_UNAVAILABLE: /dev/kvm is missing or not accessible.
+    case kvmUnavailable = 69
+    /// A KVM internal error or failed entry: the guest could not be run.
+    case kvmInternalError = 70
+}
+
+/// Prints one line on stderr and exits with `status`.
+func fail(_ message: String, _ status: ExitStatus) -> Never {
+    FileHandleOutput.stderr("svmm: error: \(message)\n")
+    exit(status.rawValue)
+}
+
+enum FileHandleOutput {
+    static func stderr(_ s: String) {
+        var s = s
+        s.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+    }
+    static func stdout(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { _ = write(1, $0.baseAddress, $0.count) }
+    }
+}

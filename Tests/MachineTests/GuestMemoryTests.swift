@@ -1,0 +1,31 @@
+import Testing
+@testable import Machine
+
+@Suite struct GuestMemoryTests {
+    @Test func readsBackWhatWasWritten() throws {
+        let m = try GuestMemory(size: 1 << 20)
+        try m.write([1, 2, 3, 4], at: 0x1000)
+        #expect(try m.read(at: 0x1000, count: 4) == [1, 2, 3, 4])
+        try m.store(UInt32(0xDEADBEEF), at: 0x2001)
+        #expect(try m.load(UInt32.self, at: 0x2001) == 0xDEADBEEF)
+        #expect(try m.read(at: 0x2001, count: 4) == [0xEF, 0xBE, 0xAD, 0xDE])
+    }
+
+    @Test func refusesAccessesOutsideRAM() throws {
+        let m = try GuestMemory(size: 1 << 20)
+        #expect(throws: GuestMemoryError.self) { try m.read(at: 1 << 20, count: 1) }
+        #expect(throws: GuestMemoryError.self) { try m.read(at: (1 << 20) - 2, count: 4) }
+        #expect(throws: GuestMemoryError.self) { try m.store(UInt64(1), at: UInt64.max - 3) }
+        #expect(throws: GuestMemoryError.self) { try m.read(at: 0, count: Int.max) }
+        // The last byte is fine.
+        #expect(try m.read(at: (1 << 20) - 1, count: 1) == [0])
+    }
+
+    @Test func accessMayNotSpanTwoRegions() throws {
+        let m = try GuestMemory(layout: [(0, 0x10000), (0x10000, 0x10000)])
+        #expect(try m.read(at: 0xFFFF, count: 1) == [0])
+        #expect(throws: GuestMemoryError.self) { try m.read(at: 0xFFFF, count: 2) }
+        #expect(!m.contains(0x20000, count: 1))
+        #expect(m.totalSize == 0x20000)
+    }
+}
