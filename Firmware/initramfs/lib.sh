@@ -1,4 +1,6 @@
 # Shared by the initramfs /init scripts (busybox ash). Sourced, not run.
+# Written to fork as little as possible: under the nested sandbox's software
+# emulation every fork costs tens of milliseconds.
 
 mount_basics() {
     mkdir -p /proc /sys /dev /tmp /run
@@ -8,32 +10,41 @@ mount_basics() {
     mount -t tmpfs tmpfs /tmp
 }
 
-# load_module PATH: insmod PATH (relative to /lib/modules/$(uname -r)) after
-# every module it depends on, as modules.dep lists them. modules.dep was made
-# by depmod when the initramfs was built; the order is computed here, never
-# written down by hand.
-MODDIR=/lib/modules/$(uname -r)
+read -r _ _ KERNEL_RELEASE _ </proc/version 2>/dev/null || KERNEL_RELEASE=$(uname -r)
+MODDIR=/lib/modules/$KERNEL_RELEASE
 LOADED=" "
-load_module() {
-    local m="$1" dep deps
-    case "$LOADED" in *" $m "*) return 0 ;; esac
-    deps=$(grep "^$m:" "$MODDIR/modules.dep" | cut -d: -f2)
-    for dep in $deps; do load_module "$dep" || return 1; done
-    insmod "$MODDIR/$m" 2>/tmp/insmod.err || {
-        # A module that does not apply to this machine (kvm_intel on AMD) is
-        # not fatal; report it and go on.
-        echo "init: insmod $m: $(cat /tmp/insmod.err)" >&2
-        return 1
-    }
-    LOADED="$LOADED$m "
+FAILED=" "
+
+# module_deps PATH: the modules PATH depends on, as modules.dep lists them.
+module_deps() {
+    local mod deps
+    while IFS=: read -r mod deps; do
+        [ "$mod" = "$1" ] && { echo "$deps"; return; }
+    done <"$MODDIR/modules.dep"
 }
 
-# load_modules_matching REGEX: every module in modules.dep whose file name
-# matches REGEX, each after its dependencies.
+# load_module PATH: insmod PATH (relative to $MODDIR) after every module it
+# depends on. modules.dep was made by depmod when the initramfs was built; the
+# order is computed here, never written down by hand.
+load_module() {
+    local m="$1" dep
+    case "$LOADED$FAILED" in *" $m "*) return 0 ;; esac
+    for dep in $(module_deps "$m"); do load_module "$dep" || return 1; done
+    if insmod "$MODDIR/$m" 2>>/tmp/modules.log; then
+        LOADED="$LOADED$m "
+    else
+        echo "init: insmod $m failed" >>/tmp/modules.log
+        FAILED="$FAILED$m "
+        return 1
+    fi
+}
+
+# load_modules_matching GLOB: every module in modules.dep whose file name
+# matches GLOB (a shell pattern), each after its dependencies.
 load_modules_matching() {
-    local m
+    local mod deps
     [ -f "$MODDIR/modules.dep" ] || return 0
-    for m in $(cut -d: -f1 "$MODDIR/modules.dep"); do
-        if basename "$m" | grep -qE "$1"; then load_module "$m"; fi
-    done
+    while IFS=: read -r mod deps; do
+        case "${mod##*/}" in $1) load_module "$mod" ;; esac
+    done <"$MODDIR/modules.dep"
 }
