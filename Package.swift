@@ -25,6 +25,9 @@ let package = Package(
             ]
         ),
         .testTarget(name: "MachineTests", dependencies: ["Machine"]),
+        // Drives the scripts and the built svmm as a user would (probe,
+        // sandbox, guest artifacts); needs `swift build` first.
+        .testTarget(name: "PlatformTests"),
     ],
     swiftLanguageModes: [.v6]
 )

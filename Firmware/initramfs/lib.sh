@@ -8,10 +8,10 @@ mount_basics() {
     mount -t sysfs sysfs /sys
     mount -t devtmpfs devtmpfs /dev 2>/dev/null
     mount -t tmpfs tmpfs /tmp
+    read -r _ _ KERNEL_RELEASE _ </proc/version
+    MODDIR=/lib/modules/$KERNEL_RELEASE
 }
 
-read -r _ _ KERNEL_RELEASE _ </proc/version 2>/dev/null || KERNEL_RELEASE=$(uname -r)
-MODDIR=/lib/modules/$KERNEL_RELEASE
 LOADED=" "
 FAILED=" "
 

@@ -38,7 +38,7 @@ struct Probe: ParsableCommand {
         }
         switch KVMProbe.judge(result) {
         case .usable:
-            if !quiet { FileHandleOutput.stderr("svmm: KVM usable: \(device) delivered #BP and #UD to a 64-bit guest\n") }
+            if !quiet { FileHandleOutput.stderr("svmm: KVM usable: \(device) delivered #BP and #UD to a 64-bit guest (vectors \(result.reports))\n") }
         case let .notUsable(reason):
             FileHandleOutput.stderr("svmm: KVM not usable for real guests: \(reason)\n")
             throw ExitCode(ExitStatus.kvmNotUsable.rawValue)

@@ -1,0 +1,75 @@
+import Foundation
+import Testing
+
+/// The checkout this test binary was built from.
+let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+func repoPath(_ relative: String) -> String { repo.appendingPathComponent(relative).path }
+
+/// The svmm built by `swift build` (the test command builds it first).
+var svmmPath: String {
+    ProcessInfo.processInfo.environment["SVMM_BIN"] ?? repoPath(".build/debug/svmm")
+}
+
+struct Finished: Sendable {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs a program to completion, collecting its output.
+func runProgram(_ path: String, _ arguments: [String], stdin: String? = nil,
+                environment: [String: String] = [:], directory: String? = nil) throws -> Finished {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = arguments
+    p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
+    let out = Pipe(), err = Pipe(), input = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    p.standardInput = input
+    try p.run()
+    if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+    try input.fileHandleForWriting.close()
+    // Read stderr on another thread so neither pipe can fill and stall the child.
+    let errData = LockedBox(Data())
+    let done = DispatchSemaphore(value: 0)
+    Thread {
+        errData.set(err.fileHandleForReading.readDataToEndOfFile())
+        done.signal()
+    }.start()
+    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    done.wait()
+    p.waitUntilExit()
+    return Finished(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+                    stderr: String(decoding: errData.get(), as: UTF8.self))
+}
+
+final class LockedBox<T: Sendable>: @unchecked Sendable {
+    // SAFETY (@unchecked Sendable): every access holds `lock`.
+    private var value: T
+    private let lock = NSLock()
+    init(_ value: T) { self.value = value }
+    func get() -> T { lock.lock(); defer { lock.unlock() }; return value }
+    func set(_ v: T) { lock.lock(); value = v; lock.unlock() }
+}
+
+/// Status 125 from kvm-sandbox means the sandbox itself failed (emulation on
+/// emulation is not perfectly reliable): never a verdict on the command. Such
+/// a run is retried once, and reported as an infrastructure failure if it
+/// happens again.
+let sandboxFailed: Int32 = 125
+
+func sandbox(_ arguments: [String], stdin: String? = nil, environment: [String: String] = [:]) throws -> Finished {
+    var result = try runProgram(repoPath("Scripts/kvm-sandbox"), arguments, stdin: stdin, environment: environment, directory: repo.path)
+    if result.status == sandboxFailed {
+        print("kvm-sandbox: infrastructure failure, retrying once: \(result.stderr)")
+        result = try runProgram(repoPath("Scripts/kvm-sandbox"), arguments, stdin: stdin, environment: environment, directory: repo.path)
+    }
+    #expect(result.status != sandboxFailed, "the sandbox itself failed twice (infrastructure, not a test verdict): \(result.stderr)")
+    return result
+}
+
+/// True when the host's /dev/kvm is the paravirtual kvm_pvm (these CI machines).
+var hostIsPVM: Bool { FileManager.default.fileExists(atPath: "/sys/module/kvm_pvm") }
