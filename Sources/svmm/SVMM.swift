@@ -7,7 +7,7 @@ struct SVMM: ParsableCommand {
         commandName: "svmm",
         abstract: "A small, fast virtual machine monitor for Linux/x86-64.",
         version: "svmm 0.1.0",
-        subcommands: [Probe.self, RunFirmware.self]
+        subcommands: [Boot.self, Probe.self, RunFirmware.self]
     )
 }
 
@@ -19,6 +19,12 @@ enum ExitStatus: Int32 {
     case kvmNotUsable = 3
     /// A firmware program ended with a nonzero status.
     case guestFailed = 4
+    /// The guest rebooted (or panicked with panic=-1, which reboots).
+    case guestReboot = 10
+    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN).
+    case tripleFault = 12
+    /// EX_DATAERR: the kernel or initrd cannot be booted as given.
+    case badInput = 65
     /// The guest ran past --timeout.
     case timeout = 124
     /// EX_USAGE, as swift-argument-parser uses for bad options.

@@ -21,6 +21,10 @@ static inline int ckvm_check_extension(int fd, int cap) { return CKVM_RESULT(ioc
 static inline int ckvm_create_vm(int fd, unsigned long type) { return CKVM_RESULT(ioctl(fd, KVM_CREATE_VM, type)); }
 static inline int ckvm_get_vcpu_mmap_size(int fd) { return CKVM_RESULT(ioctl(fd, KVM_GET_VCPU_MMAP_SIZE, 0)); }
 
+static inline int ckvm_get_supported_cpuid(int fd, struct kvm_cpuid2 *c) { return CKVM_RESULT(ioctl(fd, KVM_GET_SUPPORTED_CPUID, c)); }
+// kvm_cpuid2 ends in a flexible array, which Swift does not import.
+static inline struct kvm_cpuid_entry2 *ckvm_cpuid2_entries(struct kvm_cpuid2 *c) { return c->entries; }
+
 // VM ioctls.
 static inline int ckvm_set_user_memory_region(int fd, const struct kvm_userspace_memory_region *r) {
     return CKVM_RESULT(ioctl(fd, KVM_SET_USER_MEMORY_REGION, r));
@@ -31,12 +35,26 @@ static inline int ckvm_set_identity_map_addr(int fd, const uint64_t *addr) {
     return CKVM_RESULT(ioctl(fd, KVM_SET_IDENTITY_MAP_ADDR, addr));
 }
 
+static inline int ckvm_create_irqchip(int fd) { return CKVM_RESULT(ioctl(fd, KVM_CREATE_IRQCHIP, 0)); }
+static inline int ckvm_create_pit2(int fd, const struct kvm_pit_config *c) { return CKVM_RESULT(ioctl(fd, KVM_CREATE_PIT2, c)); }
+static inline int ckvm_irq_line(int fd, uint32_t irq, uint32_t level) {
+    struct kvm_irq_level l = { .irq = irq, .level = level };
+    return CKVM_RESULT(ioctl(fd, KVM_IRQ_LINE, &l));
+}
+
 // vCPU ioctls.
 static inline int ckvm_run(int fd) { return CKVM_RESULT(ioctl(fd, KVM_RUN, 0)); }
 static inline int ckvm_get_regs(int fd, struct kvm_regs *r) { return CKVM_RESULT(ioctl(fd, KVM_GET_REGS, r)); }
 static inline int ckvm_set_regs(int fd, const struct kvm_regs *r) { return CKVM_RESULT(ioctl(fd, KVM_SET_REGS, r)); }
 static inline int ckvm_get_sregs(int fd, struct kvm_sregs *r) { return CKVM_RESULT(ioctl(fd, KVM_GET_SREGS, r)); }
 static inline int ckvm_set_sregs(int fd, const struct kvm_sregs *r) { return CKVM_RESULT(ioctl(fd, KVM_SET_SREGS, r)); }
+
+static inline int ckvm_set_cpuid2(int fd, const struct kvm_cpuid2 *c) { return CKVM_RESULT(ioctl(fd, KVM_SET_CPUID2, c)); }
+static inline int ckvm_get_lapic(int fd, struct kvm_lapic_state *s) { return CKVM_RESULT(ioctl(fd, KVM_GET_LAPIC, s)); }
+static inline int ckvm_set_lapic(int fd, const struct kvm_lapic_state *s) { return CKVM_RESULT(ioctl(fd, KVM_SET_LAPIC, s)); }
+static inline int ckvm_set_fpu(int fd, const struct kvm_fpu *f) { return CKVM_RESULT(ioctl(fd, KVM_SET_FPU, f)); }
+static inline int ckvm_set_msrs(int fd, const struct kvm_msrs *m) { return CKVM_RESULT(ioctl(fd, KVM_SET_MSRS, m)); }
+static inline int ckvm_translate(int fd, struct kvm_translation *t) { return CKVM_RESULT(ioctl(fd, KVM_TRANSLATE, t)); }
 
 // The kvm_run exit payload is an anonymous union; these accessors give Swift
 // a named view of the members svmm reads.

@@ -1,0 +1,46 @@
+import CKVM
+
+extension VirtualMachine {
+    /// `KVM_CREATE_IRQCHIP`: in-kernel PIC, I/O APIC and a local APIC per vCPU.
+    public func createIRQChip() throws(KVMError) {
+        try KVMError.check("KVM_CREATE_IRQCHIP", ckvm_create_irqchip(fd))
+    }
+
+    /// `KVM_CREATE_PIT2`: the in-kernel i8254 on ports 0x40–0x43 and its
+    /// channel-2 gate on port 0x61 (Linux calibrates the TSC with it when it
+    /// has no better clock).
+    public func createPIT() throws(KVMError) {
+        var config = kvm_pit_config()
+        try KVMError.check("KVM_CREATE_PIT2", ckvm_create_pit2(fd, &config))
+    }
+
+    /// `KVM_IRQ_LINE`: sets the level of a GSI (PIC and I/O APIC pins alike).
+    public func setIRQLine(_ gsi: UInt32, high: Bool) throws(KVMError) {
+        try KVMError.check("KVM_IRQ_LINE(\(gsi))", ckvm_irq_line(fd, gsi, high ? 1 : 0))
+    }
+}
+
+extension VCPU {
+    /// Reads the local APIC register page, lets `body` change it, writes it back.
+    public func modifyLAPIC(_ body: (inout [UInt8]) -> Void) throws(KVMError) {
+        var state = kvm_lapic_state()
+        try KVMError.check("KVM_GET_LAPIC", ckvm_get_lapic(fd, &state))
+        var bytes = withUnsafeBytes(of: state.regs) { Array($0) }
+        body(&bytes)
+        withUnsafeMutableBytes(of: &state.regs) { $0.copyBytes(from: bytes) }
+        try KVMError.check("KVM_SET_LAPIC", ckvm_set_lapic(fd, &state))
+    }
+
+    public func setFPU(_ fpu: kvm_fpu) throws(KVMError) {
+        var fpu = fpu
+        try KVMError.check("KVM_SET_FPU", ckvm_set_fpu(fd, &fpu))
+    }
+
+    /// `KVM_TRANSLATE`: guest-virtual to guest-physical through the guest's page tables.
+    public func translate(_ virtualAddress: UInt64) -> UInt64? {
+        var t = kvm_translation()
+        t.linear_address = virtualAddress
+        guard ckvm_translate(fd, &t) >= 0, t.valid != 0 else { return nil }
+        return t.physical_address
+    }
+}

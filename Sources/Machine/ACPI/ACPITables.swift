@@ -1,0 +1,120 @@
+/// The ACPI tables svmm gives a guest (ACPI 6.4 §5.2): RSDP → XSDT → FADT
+/// (→ DSDT) and MADT. Distro kernels have no MP-table parser, so these are
+/// how the guest learns its CPUs and I/O APIC, and how it powers off.
+///
+/// The platform is "hardware-reduced" (FADT flag HW_REDUCED_ACPI, §4.1):
+/// no PM1 blocks, no SCI; sleep (S5 = poweroff) goes through the FADT's
+/// sleep control register, reset through its reset register. Both are I/O
+/// ports handled by `PowerControl`.
+public struct ACPITables: Sendable {
+    public var cpus: Int
+
+    public static let sleepControlPort: UInt16 = 0x600
+    public static let sleepStatusPort: UInt16 = 0x601
+    public static let resetPort: UInt16 = 0x602
+    public static let resetValue: UInt8 = 0x01
+    /// SLP_TYP the DSDT's \_S5 object gives for soft-off.
+    public static let s5SleepType: UInt8 = 5
+
+    public init(cpus: Int) { self.cpus = cpus }
+
+    /// The I/O APIC's id follows the vCPUs' local APIC ids.
+    public var ioAPICId: UInt8 { UInt8(cpus) }
+
+    /// All tables laid out from `base`; the RSDP comes first.
+    public func build(at base: UInt64) -> (bytes: [UInt8], rsdp: UInt64) {
+        var blob = [UInt8]()
+        func place(_ table: [UInt8]) -> UInt64 {
+            while blob.count % 16 != 0 { blob.append(0) }
+            let at = base + UInt64(blob.count)
+            blob += table
+            return at
+        }
+        let rsdpSize = 36
+        blob = [UInt8](repeating: 0, count: rsdpSize)   // filled in last
+        let dsdt = place(dsdtTable())
+        let fadt = place(fadtTable(dsdt: dsdt))
+        let madt = place(madtTable())
+        let xsdt = place(Self.table("XSDT", revision: 1, body: [fadt, madt].flatMap { le($0, 8) }))
+        blob.replaceSubrange(0..<rsdpSize, with: Self.rsdp(xsdt: xsdt))
+        return (blob, base)
+    }
+
+    /// RSDP (§5.2.5.3), revision 2: both checksums.
+    static func rsdp(xsdt: UInt64) -> [UInt8] {
+        var b = Array("RSD PTR ".utf8) + [0] + Array("SVMM  ".utf8) + [2] + le(0, 4) + le(36, 4) + le(xsdt, 8) + [0, 0, 0, 0]
+        b[8] = checksum(b[0..<20])
+        b[32] = checksum(b[0..<36])
+        return b
+    }
+
+    /// A system description table: 36-byte header (§5.2.6) + body, checksummed.
+    static func table(_ signature: String, revision: UInt8, body: [UInt8]) -> [UInt8] {
+        var t = Array(signature.utf8) + le(UInt64(36 + body.count), 4) + [revision, 0]
+        t += Array("SVMM  ".utf8) + Array("SVMMACPI".utf8) + le(1, 4) + Array("SVMM".utf8) + le(1, 4)
+        t += body
+        t[9] = checksum(t[...])
+        return t
+    }
+
+    /// FADT (§5.2.9), revision 6, 276 bytes, hardware-reduced.
+    func fadtTable(dsdt: UInt64) -> [UInt8] {
+        var b = [UInt8](repeating: 0, count: 276 - 36)
+        func put(_ bytes: [UInt8], at offset: Int) { b.replaceSubrange((offset - 36)..<(offset - 36 + bytes.count), with: bytes) }
+        put(le(UInt64(UInt32(truncatingIfNeeded: dsdt)), 4), at: 40)
+        put(le(0x0004, 2), at: 109)                         // IAPC_BOOT_ARCH: VGA not present
+        let hwReduced: UInt64 = 1 << 20, resetSupported: UInt64 = 1 << 10
+        let powerButtonAbsent: UInt64 = 1 << 4, sleepButtonAbsent: UInt64 = 1 << 5
+        put(le(hwReduced | resetSupported | powerButtonAbsent | sleepButtonAbsent, 4), at: 112)
+        put(Self.ioPort(Self.resetPort), at: 116)           // RESET_REG
+        put([Self.resetValue], at: 128)
+        put([0], at: 131)                                   // FADT minor version
+        put(le(dsdt, 8), at: 140)                           // X_DSDT
+        put(Self.ioPort(Self.sleepControlPort), at: 244)    // SLEEP_CONTROL_REG
+        put(Self.ioPort(Self.sleepStatusPort), at: 256)     // SLEEP_STATUS_REG
+        put(Array("SVMMSVMM".utf8), at: 268)                // hypervisor vendor identity
+        return Self.table("FACP", revision: 6, body: b)
+    }
+
+    /// A Generic Address Structure (§5.2.3.2) for one byte in I/O space.
+    static func ioPort(_ port: UInt16) -> [UInt8] {
+        [1, 8, 0, 1] + le(UInt64(port), 8)
+    }
+
+    /// MADT (§5.2.12): one enabled local APIC per vCPU and the I/O APIC.
+    func madtTable() -> [UInt8] {
+        var b = le(Layout.localAPIC, 4) + le(1, 4)          // PCAT_COMPAT: 8259s present (masked by the guest)
+        for cpu in 0..<cpus {
+            b += [0, 8, UInt8(cpu), UInt8(cpu)] + le(1, 4)  // Processor Local APIC: UID, APIC id, enabled
+        }
+        b += [1, 12, ioAPICId, 0] + le(Layout.ioAPIC, 4) + le(0, 4)   // I/O APIC at GSI 0
+        return Self.table("APIC", revision: 5, body: b)
+    }
+
+    /// DSDT (§5.2.11.1): the AML the guest interprets.
+    ///
+    /// COM1 must be here: on a hardware-reduced platform Linux has no legacy
+    /// PIC and allocates ISA IRQs only for devices ACPI describes, so the
+    /// 8250 driver's hard-coded port would get no IRQ 4.
+    func dsdtTable() -> [UInt8] {
+        let com1 = AML.device("COM1",
+            AML.name("_HID", AML.eisaID("PNP0501")) +
+            AML.name("_UID", AML.integer(1)) +
+            AML.name("_CRS", AML.resourceTemplate([
+                AML.ioPorts(Serial16550.com1Base, count: 8),
+                AML.irq(Int(Serial16550.com1IRQ)),
+            ])))
+        // Name (_S5, Package (4) { 5, 0, 0, 0 }): the soft-off sleep type (§7.4.2).
+        let s5 = AML.name("_S5", AML.package([AML.integer(UInt64(Self.s5SleepType)), AML.integer(0), AML.integer(0), AML.integer(0)]))
+        return Self.table("DSDT", revision: 2, body: AML.scope("\\_SB", com1) + s5)
+    }
+
+    static func checksum<C: Collection>(_ bytes: C) -> UInt8 where C.Element == UInt8 {
+        0 &- bytes.reduce(0, &+)
+    }
+}
+
+/// Little-endian bytes of `value`, `count` bytes wide.
+func le(_ value: UInt64, _ count: Int) -> [UInt8] {
+    (0..<count).map { UInt8(truncatingIfNeeded: value >> (8 * $0)) }
+}

@@ -1,0 +1,37 @@
+/// What `svmm boot` was asked to boot.
+public struct BootConfiguration: Sendable {
+    public var kernelPath: String
+    public var kernel: [UInt8]
+    public var initrdPath: String?
+    public var initrd: [UInt8]?
+    public var commandLine: String
+    public var cpus: Int
+    public var memoryBytes: UInt64
+    public var timeoutSeconds: Double?
+
+    public static let defaultCommandLine = "console=ttyS0 panic=-1"
+
+    public init(kernelPath: String, kernel: [UInt8], initrdPath: String? = nil, initrd: [UInt8]? = nil,
+                commandLine: String = defaultCommandLine, cpus: Int = 1, memoryBytes: UInt64 = 512 << 20,
+                timeoutSeconds: Double? = nil) {
+        self.kernelPath = kernelPath
+        self.kernel = kernel
+        self.initrdPath = initrdPath
+        self.initrd = initrd
+        self.commandLine = commandLine
+        self.cpus = cpus
+        self.memoryBytes = memoryBytes
+        self.timeoutSeconds = timeoutSeconds
+    }
+}
+
+/// How a guest's run ended. Each maps to its own svmm exit status.
+public enum MachineExit: Sendable, Equatable {
+    case powerOff
+    case reset
+    case tripleFault(cpu: Int, rip: UInt64?)
+    case timeout
+    case interrupted(signal: Int32)
+    case internalError(cpu: Int, detail: String)
+    case hostError(String)
+}

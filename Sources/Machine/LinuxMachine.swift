@@ -1,0 +1,182 @@
+import CKVM
+import Dispatch
+import Glibc
+import KVM
+import Synchronization
+
+/// A running x86 PC for a Linux guest: RAM, in-kernel irqchip and PIT, COM1,
+/// ACPI power control, one thread per vCPU.
+public final class LinuxMachine: Sendable {
+    public let config: BootConfiguration
+    let vm: VirtualMachine
+    let memory: GuestMemory
+    let bus: PortIOBus
+    public let serial: Serial16550
+    let vcpus: [VCPU]
+    private let outcome = Mutex<MachineExit?>(nil)
+    private let finished = DispatchSemaphore(value: 0)
+
+    /// Builds the machine and loads the kernel; nothing runs yet.
+    public init(config: BootConfiguration, kvmPath: String = "/dev/kvm",
+                consoleOutput: @escaping @Sendable (UInt8) -> Void) throws {
+        self.config = config
+        let hypervisor = try Hypervisor(path: kvmPath)
+        let vm = try hypervisor.createVM()
+        self.vm = vm
+        try? vm.setTSSAddress(0xFFFB_D000)
+        try vm.createIRQChip()
+        try vm.createPIT()
+
+        memory = try GuestMemory(layout: Layout.ramRegions(size: config.memoryBytes))
+        let entry = try LinuxLoader.load(config, into: memory)
+        try memory.register(with: vm)
+
+        let finish = Self.finisher()
+        serial = Serial16550(output: consoleOutput, setIRQ: { high in
+            try? vm.setIRQLine(Serial16550.com1IRQ, high: high)
+        })
+        var bus = PortIOBus()
+        bus.register(serial, ports: Serial16550.com1Base...(Serial16550.com1Base + 7))
+        let power = PowerControl { request in finish.value?(request == .powerOff ? .powerOff : .reset) }
+        bus.register(power, ports: ACPITables.sleepControlPort...ACPITables.resetPort)
+        bus.register(power, ports: PowerControl.i8042Command...PowerControl.i8042Command)
+        self.bus = bus
+
+        let cpuid = CPUIDPolicy(supported: try hypervisor.supportedCPUID(), cpus: config.cpus)
+        var vcpus: [VCPU] = []
+        for id in 0..<config.cpus {
+            let vcpu = try vm.createVCPU(id: id)
+            try vcpu.setCPUID(cpuid.entries(forCPU: id))
+            try Self.resetFPUAndLAPIC(vcpu)
+            if id == 0 { try Self.enterLongMode(vcpu, entry: entry) }
+            vcpus.append(vcpu)
+        }
+        self.vcpus = vcpus
+        finish.value = { [weak self] exit in self?.finish(exit) }
+    }
+
+    /// A late-bound callback: devices are made before `self` exists.
+    final class Finisher: @unchecked Sendable {
+        // SAFETY (@unchecked Sendable): `value` is set once in init, before any
+        // vCPU thread starts, and only read afterwards.
+        var value: (@Sendable (MachineExit) -> Void)?
+    }
+    static func finisher() -> Finisher { Finisher() }
+
+    static func resetFPUAndLAPIC(_ vcpu: VCPU) throws {
+        var fpu = kvm_fpu()
+        fpu.fcw = 0x37F
+        fpu.mxcsr = 0x1F80
+        try vcpu.setFPU(fpu)
+        // LINT0 = ExtINT (the 8259 through the local APIC), LINT1 = NMI, as a
+        // PC BIOS leaves them (Intel SDM Vol. 3A §10.5.1).
+        try vcpu.modifyLAPIC { regs in
+            func set(_ offset: Int, _ value: UInt32) {
+                for i in 0..<4 { regs[offset + i] = UInt8(truncatingIfNeeded: value >> (8 * i)) }
+            }
+            set(0x350, 0x700)
+            set(0x360, 0x400)
+        }
+    }
+
+    static func enterLongMode(_ vcpu: VCPU, entry: LinuxLoader.EntryState) throws {
+        var sregs = try vcpu.getSpecialRegisters()
+        LongModeSetup.apply(to: &sregs)
+        try vcpu.setSpecialRegisters(sregs)
+        var regs = kvm_regs()
+        regs.rip = entry.rip
+        regs.rsi = entry.rsi
+        regs.rsp = Layout.bootStack
+        regs.rflags = 0x2
+        try vcpu.setRegisters(regs)
+    }
+
+    /// Records the first way the run ended and wakes `run()`.
+    func finish(_ exit: MachineExit) {
+        let first = outcome.withLock { o -> Bool in
+            if o != nil { return false }
+            o = exit
+            return true
+        }
+        if first { finished.signal() }
+    }
+
+    /// Runs every vCPU until the guest powers off or resets, a vCPU fails, the
+    /// timeout passes or `stop` is called; then stops and joins all threads.
+    public func run() throws -> MachineExit {
+        let runners = vcpus.map { vcpu in
+            VCPUThread(vcpu: vcpu) { [self] vcpu in self.runLoop(vcpu) }
+        }
+        for r in runners { try r.start() }
+        let result: DispatchTimeoutResult
+        if let t = config.timeoutSeconds {
+            result = finished.wait(timeout: .now() + t)
+        } else {
+            finished.wait()
+            result = .success
+        }
+        if result == .timedOut { finish(.timeout) }
+        for r in runners { r.stop() }
+        for r in runners { r.join() }
+        return outcome.withLock { $0 } ?? .hostError("no outcome")
+    }
+
+    /// Ends the run from outside (SIGINT/SIGTERM).
+    public func stop(_ exit: MachineExit) { finish(exit) }
+
+    /// The exit loop of one vCPU: one switch over exit reasons, each arm a
+    /// call into the bus or a verdict (kvmtool's kvm_cpu__start, in Swift).
+    func runLoop(_ vcpu: VCPU) {
+        while outcome.withLock({ $0 }) == nil {
+            let exit: VCPUExit
+            do { exit = try vcpu.run() } catch {
+                finish(.hostError("\(error)"))
+                return
+            }
+            switch exit {
+            case let .io(port, isWrite, size, count, data):
+                for i in 0..<count {
+                    let slice = UnsafeMutableRawBufferPointer(rebasing: data[(i * size)..<((i + 1) * size)])
+                    bus.access(port: port, isWrite: isWrite, data: slice)
+                }
+            case let .mmio(_, isWrite, data):
+                if !isWrite { data.initializeMemory(as: UInt8.self, repeating: 0xFF) }
+            case .halt, .interrupted:
+                continue
+            case .shutdown:
+                finish(.tripleFault(cpu: vcpu.id, rip: try? vcpu.getRegisters().rip))
+            case let .systemEvent(type):
+                switch Int32(type) {
+                case KVM_SYSTEM_EVENT_SHUTDOWN: finish(.powerOff)
+                case KVM_SYSTEM_EVENT_RESET: finish(.reset)
+                default: finish(.internalError(cpu: vcpu.id, detail: "system event \(type)"))
+                }
+            case let .internalError(suberror, data):
+                finish(.internalError(cpu: vcpu.id, detail: describeInternalError(vcpu, suberror: suberror, data: data)))
+            case let .failEntry(reason):
+                finish(.internalError(cpu: vcpu.id, detail: "VM entry failed, hardware reason 0x\(String(reason, radix: 16))"))
+            case let .other(reason):
+                finish(.internalError(cpu: vcpu.id, detail: "unhandled exit reason \(reason)"))
+            }
+        }
+    }
+
+    /// "emulation failure at RIP 0x… (bytes: 0f c7 …)": what a person needs to
+    /// see which instruction this KVM could not run.
+    func describeInternalError(_ vcpu: VCPU, suberror: UInt32, data: [UInt64]) -> String {
+        let kind = suberror == 1 ? "emulation failure" : "suberror \(suberror)"
+        guard let rip = try? vcpu.getRegisters().rip else { return kind }
+        var text = "\(kind) at RIP 0x\(String(rip, radix: 16))"
+        if let gpa = vcpu.translate(rip), let bytes = try? memory.read(at: gpa, count: 15) {
+            text += " (instruction bytes: \(bytes.map { String($0, radix: 16).leftPadded(2) }.joined(separator: " ")))"
+        }
+        return text
+    }
+}
+
+extension String {
+    func leftPadded(_ width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
+}
+

@@ -1,0 +1,40 @@
+/// Why a kernel or initrd cannot be booted. Each prints as one line saying
+/// what is wrong and what to do.
+public enum LoaderError: Error, CustomStringConvertible, Equatable, Sendable {
+    case notAKernel(path: String)
+    case truncated(path: String, needed: Int, actual: Int)
+    case protocolTooOld(path: String, version: UInt16)
+    case no64BitEntry(path: String)
+    case commandLineTooLong(length: Int, limit: Int)
+    case initrdTooLarge(path: String, size: Int, room: UInt64)
+    case memoryTooSmall(needed: UInt64, available: UInt64)
+    case noPVHNote(path: String)
+
+    public var description: String {
+        switch self {
+        case .notAKernel(let p):
+            return "\(p) is not a Linux kernel (no bzImage 'HdrS' header and not an ELF vmlinux): pass a bzImage or vmlinux with --kernel"
+        case let .truncated(p, needed, actual):
+            return "\(p) is truncated: the header promises \(needed) bytes, the file has \(actual): re-copy or rebuild the kernel"
+        case let .protocolTooOld(p, v):
+            return "\(p) uses Linux boot protocol \(v >> 8).\(String(format2: v & 0xFF)), svmm needs 2.06 or newer: use a kernel from 2.6.22 on"
+        case .no64BitEntry(let p):
+            return "\(p) has no 64-bit entry point (XLF_KERNEL_64 unset): build an x86_64 kernel"
+        case let .commandLineTooLong(length, limit):
+            return "the kernel command line is \(length) bytes, this kernel accepts at most \(limit): shorten --cmdline"
+        case let .initrdTooLarge(p, size, room):
+            return "\(p) (\(size >> 20) MiB) does not fit in the \(room >> 20) MiB of RAM the kernel can address for an initrd: raise --memory or shrink the initrd"
+        case let .memoryTooSmall(needed, available):
+            return "guest RAM of \(available >> 20) MiB is too small for the kernel and initrd (\(needed >> 20) MiB needed): raise --memory"
+        case .noPVHNote(let p):
+            return "\(p) is an ELF kernel without a PVH entry note: build with CONFIG_PVH=y or boot the bzImage"
+        }
+    }
+}
+
+extension String {
+    /// Two-digit decimal, for boot protocol minor versions.
+    init(format2 value: UInt16) {
+        self = value < 10 ? "0\(value)" : "\(value)"
+    }
+}

@@ -1,0 +1,190 @@
+import ArgumentParser
+import Dispatch
+import Glibc
+import KVM
+import Machine
+
+struct Boot: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Boot a Linux kernel with an initramfs.",
+        discussion: """
+            With no --kernel, boots the default test guest from the artifact cache
+            (Scripts/guest-artifacts; $SVMM_CACHE or ~/.cache/svmm).
+
+            The guest's console is COM1 (ttyS0) on this terminal; stdin goes to the
+            guest (raw mode on a terminal; Ctrl-C goes to the guest too).
+
+            Examples:
+              svmm boot
+              svmm boot --kernel bzImage --initrd initrd.gz --cmdline "console=ttyS0 quiet"
+              svmm boot --kernel bzImage --memory 1G --timeout 30s
+
+            Exit status: 0 guest powered off, 10 guest rebooted, 12 triple fault,
+            65 not a bootable kernel/initrd, 66 file unreadable, 69 no usable
+            /dev/kvm, 70 KVM internal error, 124 --timeout, 130/143 SIGINT/SIGTERM.
+            """
+    )
+
+    @Option(help: "Kernel image: bzImage. Default: the test guest's.")
+    var kernel: String?
+
+    @Option(help: "Initramfs. Default: the test guest's (when --kernel is not given).")
+    var initrd: String?
+
+    @Option(help: "Kernel command line.")
+    var cmdline: String = BootConfiguration.defaultCommandLine
+
+    @Option(help: "Number of vCPUs.")
+    var cpus: Int = 1
+
+    @Option(help: "Guest RAM, e.g. 512M, 2G.")
+    var memory: String = "512M"
+
+    @Option(help: "Stop the guest after this long, e.g. 30s, 2m, 500ms (exit 124).")
+    var timeout: String?
+
+    @Option(help: "Path of the KVM device.")
+    var device: String = "/dev/kvm"
+
+    func validate() throws {
+        guard (1...255).contains(cpus) else { throw ValidationError("--cpus must be between 1 and 255") }
+        guard let bytes = Sizes.bytes(memory) else { throw ValidationError("--memory '\(memory)' is not a size (e.g. 512M, 2G)") }
+        guard bytes >= 32 << 20 else { throw ValidationError("--memory must be at least 32M") }
+        if let timeout, Sizes.seconds(timeout) == nil { throw ValidationError("--timeout '\(timeout)' is not a duration (e.g. 30s, 2m, 500ms)") }
+    }
+
+    func run() throws {
+        let cache = ArtifactCache.directory
+        let kernelPath = kernel ?? cache + "/guest/bzImage"
+        let initrdPath = initrd ?? (kernel == nil ? cache + "/guest/initramfs.cpio.gz" : nil)
+        guard let kernelBytes = FirmwareLocation.readFile(kernelPath) else {
+            let hint = kernel == nil ? "; build the default test guest with Scripts/guest-artifacts" : ""
+            fail("cannot read kernel \(kernelPath): \(String(cString: strerror(errno)))\(hint)", .noInput)
+        }
+        var initrdBytes: [UInt8]?
+        if let initrdPath {
+            guard let b = FirmwareLocation.readFile(initrdPath) else {
+                fail("cannot read initrd \(initrdPath): \(String(cString: strerror(errno)))", .noInput)
+            }
+            initrdBytes = b
+        }
+        let config = BootConfiguration(
+            kernelPath: kernelPath, kernel: kernelBytes, initrdPath: initrdPath, initrd: initrdBytes,
+            commandLine: cmdline, cpus: cpus, memoryBytes: Sizes.bytes(memory)!,
+            timeoutSeconds: timeout.flatMap(Sizes.seconds))
+
+        let machine: LinuxMachine
+        do {
+            machine = try LinuxMachine(config: config, kvmPath: device) { byte in
+                var b = byte
+                _ = write(1, &b, 1)
+            }
+        } catch let e as LoaderError {
+            fail(e.description, .badInput)
+        } catch let e as KVMUnavailable {
+            fail(e.description, .kvmUnavailable)
+        } catch {
+            fail("\(error)", .failure)
+        }
+
+        // Console input: stdin → COM1.
+        Terminal.enterRawMode()
+        let serial = machine.serial
+        Thread.detach {
+            var buffer = [UInt8](repeating: 0, count: 256)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
+                if n <= 0 { return }
+                var pending = Array(buffer[0..<n])
+                while !pending.isEmpty {
+                    let taken = serial.receive(pending)
+                    pending.removeFirst(taken)
+                    if !pending.isEmpty { usleep(1000) }
+                }
+            }
+        }
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            signal(sig, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler { machine.stop(.interrupted(signal: sig)) }
+            s.resume()
+            sources.append(s)
+        }
+
+        let outcome: MachineExit
+        do { outcome = try machine.run() } catch { fail("\(error)", .failure) }
+        Terminal.restore()
+        switch outcome {
+        case .powerOff:
+            return
+        case .reset:
+            FileHandleOutput.stderr("svmm: the guest rebooted\n")
+            throw ExitCode(ExitStatus.guestReboot.rawValue)
+        case let .tripleFault(cpu, rip):
+            FileHandleOutput.stderr("svmm: triple fault on vCPU \(cpu)\(rip.map { " at RIP 0x" + String($0, radix: 16) } ?? "")\n")
+            throw ExitCode(ExitStatus.tripleFault.rawValue)
+        case .timeout:
+            FileHandleOutput.stderr("svmm: timeout: the guest ran past \(timeout ?? "")\n")
+            throw ExitCode(ExitStatus.timeout.rawValue)
+        case let .interrupted(sig):
+            FileHandleOutput.stderr("svmm: stopped by signal \(sig)\n")
+            throw ExitCode(128 + sig)
+        case let .internalError(cpu, detail):
+            FileHandleOutput.stderr("svmm: KVM internal error on vCPU \(cpu): \(detail); if 'svmm probe' says this KVM is not usable, run through Scripts/kvm-sandbox\n")
+            throw ExitCode(ExitStatus.kvmInternalError.rawValue)
+        case let .hostError(detail):
+            fail(detail, .failure)
+        }
+    }
+}
+
+/// Where Scripts/guest-artifacts keeps its outputs.
+enum ArtifactCache {
+    static var directory: String {
+        if let c = getenv("SVMM_CACHE") { return String(cString: c) }
+        let home = getenv("HOME").map { String(cString: $0) } ?? "/root"
+        return home + "/.cache/svmm"
+    }
+}
+
+/// Parsing of human sizes and durations on the command line.
+enum Sizes {
+    static func bytes(_ text: String) -> UInt64? {
+        let t = text.uppercased().replacingSuffix("IB", with: "").replacingSuffix("B", with: "")
+        let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
+        if let last = t.last, let unit = units[last] {
+            return UInt64(t.dropLast()).flatMap { $0.multipliedReportingOverflow(by: unit).overflow ? nil : $0 * unit }
+        }
+        return UInt64(t).map { $0 << 20 }   // plain number: MiB
+    }
+
+    static func seconds(_ text: String) -> Double? {
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            return Double(text.dropLast(suffix.count)).map { $0 * scale }.flatMap { $0 > 0 ? $0 : nil }
+        }
+        return Double(text).flatMap { $0 > 0 ? $0 : nil }
+    }
+}
+
+extension String {
+    func replacingSuffix(_ suffix: String, with replacement: String) -> String {
+        hasSuffix(suffix) ? String(dropLast(suffix.count)) + replacement : self
+    }
+}
+
+extension Thread {
+    /// A detached pthread running `body` (Foundation-free).
+    static func detach(_ body: @escaping @Sendable () -> Void) {
+        final class Box: @unchecked Sendable { let body: @Sendable () -> Void; init(_ b: @escaping @Sendable () -> Void) { body = b } }
+        var t = pthread_t()
+        let box = Unmanaged.passRetained(Box(body))
+        pthread_create(&t, nil, { arg in
+            Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
+            return nil
+        }, box.toOpaque())
+        pthread_detach(t)
+    }
+}
+enum Thread {}
