@@ -2,51 +2,88 @@
 /// page tables in guest memory, and says where the boot CPU starts.
 public struct LinuxLoader {
     public struct EntryState: Sendable {
+        public enum Mode: Sendable { case linux64, pvh32 }
+        public var mode: Mode
         public var rip: UInt64
-        /// %rsi for the Linux 64-bit entry: the zero page.
-        public var rsi: UInt64
+        /// %rsi for the Linux 64-bit entry (the zero page); %rbx for PVH (start info).
+        public var bootInfo: UInt64
     }
 
+    /// Loads a bzImage (Linux boot protocol) or an ELF vmlinux (PVH).
     public static func load(_ config: BootConfiguration, into memory: GuestMemory) throws -> EntryState {
+        if ELFKernel.isELF(config.kernel) {
+            return try loadPVH(config, ELFKernel(path: config.kernelPath, bytes: config.kernel), into: memory)
+        }
         let kernel = try BzImage(path: config.kernelPath, bytes: config.kernel)
 
         // Command line: the kernel's own limit, and svmm's space for it.
-        let cmdline = Array(config.commandLine.utf8)
-        let limit = min(Int(kernel.commandLineSize), Int(Layout.commandLineMax) - 1)
-        guard cmdline.count <= limit else { throw LoaderError.commandLineTooLong(length: cmdline.count, limit: limit) }
-
-        let low = memory.regions[0]
+        try writeCommandLine(config, limit: Int(kernel.commandLineSize), into: memory)
         let kernelEnd = kernel.loadAddress + kernel.footprint
-        guard kernelEnd <= low.end else {
+        guard kernelEnd <= memory.regions[0].end else {
             throw LoaderError.memoryTooSmall(needed: kernelEnd, available: memory.totalSize)
         }
         try memory.write(kernel.protectedModeKernel, at: kernel.loadAddress)
-        try memory.write(cmdline + [0], at: Layout.commandLine)
 
         var params = BootParams(kernel: kernel)
         params.setCommandLine(address: Layout.commandLine)
-        if let initrd = config.initrd {
-            // Highest page-aligned spot below both initrd_addr_max and the end
-            // of low RAM, above the kernel.
-            let ceiling = min(UInt64(kernel.initrdAddressMax) + 1, low.end)
-            let size = UInt64(initrd.count)
-            let room = ceiling > kernelEnd ? ceiling - kernelEnd : 0
-            guard size <= room else {
-                if UInt64(initrd.count) + kernelEnd > memory.totalSize {
-                    throw LoaderError.memoryTooSmall(needed: kernelEnd + size, available: memory.totalSize)
-                }
-                throw LoaderError.initrdTooLarge(path: config.initrdPath ?? "initrd", size: initrd.count, room: room)
-            }
-            let address = (ceiling - size) & ~(Layout.pageSize - 1)
-            try memory.write(initrd, at: address)
-            params.setInitrd(address: address, size: size)
+        if let initrd = try placeInitrd(config, above: kernelEnd, ceiling: UInt64(kernel.initrdAddressMax) + 1, into: memory) {
+            params.setInitrd(address: initrd.address, size: initrd.size)
         }
-        let acpi = ACPITables(cpus: config.cpus).build(at: Layout.acpiStart)
-        try memory.write(acpi.bytes, at: Layout.acpiStart)
-        params.setACPIRoot(acpi.rsdp)
+        params.setACPIRoot(try writeACPI(config, into: memory))
         params.setMemoryMap(E820Entry.map(for: memory))
         try memory.write(params.bytes, at: Layout.zeroPage)
         try LongModeSetup.writeTables(into: memory)
-        return EntryState(rip: kernel.entry64, rsi: Layout.zeroPage)
+        return EntryState(mode: .linux64, rip: kernel.entry64, bootInfo: Layout.zeroPage)
+    }
+
+    static func loadPVH(_ config: BootConfiguration, _ kernel: ELFKernel, into memory: GuestMemory) throws -> EntryState {
+        // Linux's own limit (COMMAND_LINE_SIZE on x86) is 2048 bytes.
+        try writeCommandLine(config, limit: 2047, into: memory)
+        guard memory.contains(kernel.end - 1, count: 1), kernel.end <= memory.regions[0].end else {
+            throw LoaderError.memoryTooSmall(needed: kernel.end, available: memory.totalSize)
+        }
+        for s in kernel.segments {
+            try memory.write(config.kernel[s.fileRange], at: s.physicalAddress)
+            let bss = s.memorySize - UInt64(s.fileRange.count)
+            if bss > 0 { try memory.fill(0, at: s.physicalAddress + UInt64(s.fileRange.count), count: Int(bss)) }
+        }
+        let initrd = try placeInitrd(config, above: kernel.end, ceiling: UInt64(UInt32.max) + 1, into: memory)
+        let info = PVHStartInfo(commandLine: Layout.commandLine, rsdp: try writeACPI(config, into: memory),
+                                initrd: initrd, memoryMap: E820Entry.map(for: memory))
+        try memory.write(info.bytes(at: Layout.pvhStartInfo), at: Layout.pvhStartInfo)
+        try LongModeSetup.writeTables(into: memory)
+        return EntryState(mode: .pvh32, rip: kernel.pvhEntry, bootInfo: Layout.pvhStartInfo)
+    }
+
+    static func writeCommandLine(_ config: BootConfiguration, limit: Int, into memory: GuestMemory) throws {
+        let cmdline = Array(config.commandLine.utf8)
+        let limit = min(limit, Int(Layout.commandLineMax) - 1)
+        guard cmdline.count <= limit else { throw LoaderError.commandLineTooLong(length: cmdline.count, limit: limit) }
+        try memory.write(cmdline + [0], at: Layout.commandLine)
+    }
+
+    /// Puts the initrd at the highest page-aligned spot below both `ceiling`
+    /// (the kernel's initrd_addr_max) and the end of low RAM, above the kernel.
+    static func placeInitrd(_ config: BootConfiguration, above kernelEnd: UInt64, ceiling: UInt64,
+                            into memory: GuestMemory) throws -> (address: UInt64, size: UInt64)? {
+        guard let initrd = config.initrd else { return nil }
+        let top = min(ceiling, memory.regions[0].end)
+        let size = UInt64(initrd.count)
+        let room = top > kernelEnd ? top - kernelEnd : 0
+        guard size + Layout.pageSize <= room else {
+            if kernelEnd + size > memory.totalSize {
+                throw LoaderError.memoryTooSmall(needed: kernelEnd + size, available: memory.totalSize)
+            }
+            throw LoaderError.initrdTooLarge(path: config.initrdPath ?? "initrd", size: initrd.count, room: room)
+        }
+        let address = (top - size) & ~(Layout.pageSize - 1)
+        try memory.write(initrd, at: address)
+        return (address, size)
+    }
+
+    static func writeACPI(_ config: BootConfiguration, into memory: GuestMemory) throws -> UInt64 {
+        let acpi = ACPITables(cpus: config.cpus).build(at: Layout.acpiStart)
+        try memory.write(acpi.bytes, at: Layout.acpiStart)
+        return acpi.rsdp
     }
 }

@@ -81,11 +81,17 @@ public final class LinuxMachine: Sendable {
 
     static func enterLongMode(_ vcpu: VCPU, entry: LinuxLoader.EntryState) throws {
         var sregs = try vcpu.getSpecialRegisters()
-        LongModeSetup.apply(to: &sregs)
-        try vcpu.setSpecialRegisters(sregs)
         var regs = kvm_regs()
+        switch entry.mode {
+        case .linux64:
+            LongModeSetup.apply(to: &sregs)
+            regs.rsi = entry.bootInfo
+        case .pvh32:
+            LongModeSetup.applyProtectedMode(to: &sregs)
+            regs.rbx = entry.bootInfo
+        }
+        try vcpu.setSpecialRegisters(sregs)
         regs.rip = entry.rip
-        regs.rsi = entry.rsi
         regs.rsp = Layout.bootStack
         regs.rflags = 0x2
         try vcpu.setRegisters(regs)

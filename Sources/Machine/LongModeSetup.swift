@@ -15,14 +15,15 @@ public struct LongModeSetup: Sendable {
     /// Identity-mapped span: 4 GiB in 2 MiB pages.
     public static let identityMappedBytes: UInt64 = 4 << 30
 
+    public static let code32Selector: UInt16 = 0x08
     public static let codeSelector: UInt16 = 0x10
     public static let dataSelector: UInt16 = 0x18
 
-    /// GDT entries: null, null, 64-bit code, data (Linux's boot GDT uses the
-    /// same selectors: __BOOT_CS = 0x10, __BOOT_DS = 0x18).
+    /// GDT entries: null, 32-bit code (PVH entry), 64-bit code, data (Linux's
+    /// boot GDT uses the same selectors: __BOOT_CS = 0x10, __BOOT_DS = 0x18).
     public static let gdt: [UInt64] = [
         0,
-        0,
+        0x00CF_9B00_0000_FFFF,  // code: present, DPL0, exec/read, accessed, D/B=1, G=1
         0x00AF_9B00_0000_FFFF,  // code: present, DPL0, exec/read, accessed, L=1, G=1
         0x00CF_9300_0000_FFFF,  // data: present, DPL0, read/write, accessed, D/B=1, G=1
     ]
@@ -61,6 +62,29 @@ public struct LongModeSetup: Sendable {
         s.db = UInt8((descriptor >> 54) & 1)
         s.g = UInt8((descriptor >> 55) & 1)
         return s
+    }
+
+    /// Puts `sregs` in 32-bit protected mode, paging off: the PVH entry state
+    /// (flat 4 GiB code and data segments, a 32-bit busy TSS in TR).
+    public static func applyProtectedMode(to sregs: inout kvm_sregs) {
+        sregs.cs = segment(selector: code32Selector, descriptor: gdt[1])
+        let data = segment(selector: dataSelector, descriptor: gdt[3])
+        sregs.ds = data
+        sregs.es = data
+        sregs.fs = data
+        sregs.gs = data
+        sregs.ss = data
+        sregs.gdt.base = gdtAddress
+        sregs.gdt.limit = UInt16(gdt.count * 8 - 1)
+        var tr = kvm_segment()
+        tr.type = 11
+        tr.present = 1
+        tr.limit = 0x67
+        sregs.tr = tr
+        sregs.cr0 = 0x11                       // ET | PE
+        sregs.cr3 = 0
+        sregs.cr4 = 0
+        sregs.efer = 0
     }
 
     /// Puts `sregs` in 64-bit mode with paging on and the tables above loaded.
