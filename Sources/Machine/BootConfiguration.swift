@@ -8,6 +8,8 @@ public struct BootConfiguration: Sendable {
     public var cpus: Int
     public var memoryBytes: UInt64
     public var timeoutSeconds: Double?
+    /// When svmm started (`DispatchTime.now().uptimeNanoseconds`), for the boot marker.
+    public var startTime: UInt64 = 0
 
     public static let defaultCommandLine = "console=ttyS0 panic=-1"
 
@@ -29,6 +31,7 @@ public struct BootConfiguration: Sendable {
 public enum MachineExit: Sendable, Equatable {
     case powerOff
     case reset
+    case panic
     case tripleFault(cpu: Int, rip: UInt64?)
     case timeout
     case interrupted(signal: Int32)

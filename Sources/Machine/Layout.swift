@@ -14,6 +14,8 @@ public enum Layout {
     /// ACPI tables live in the BIOS area, where a legacy RSDP scan also looks.
     public static let acpiStart: UInt64 = 0xE_0000
     public static let acpiEnd: UInt64 = 0x10_0000
+    /// Where an x86 CPU starts after reset (F000:FFF0).
+    public static let resetVector: UInt64 = 0xF_FFF0
     /// The protected-mode kernel is loaded at 1 MiB.
     public static let kernelLoad: UInt64 = 0x10_0000
     /// The 32-bit PCI hole: [3 GiB, 4 GiB) holds no RAM.

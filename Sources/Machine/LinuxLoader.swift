@@ -84,6 +84,15 @@ public struct LinuxLoader {
     static func writeACPI(_ config: BootConfiguration, into memory: GuestMemory) throws -> UInt64 {
         let acpi = ACPITables(cpus: config.cpus).build(at: Layout.acpiStart)
         try memory.write(acpi.bytes, at: Layout.acpiStart)
+        try memory.write(resetVectorStub, at: Layout.resetVector)
         return acpi.rsdp
     }
+
+    /// What a CPU finds at the reset vector (F000:FFF0) in place of a BIOS:
+    /// `mov al, 1; mov dx, 0x602; out dx, al; hlt; jmp $-1` — a write to the
+    /// ACPI reset register. Linux on a hardware-reduced ACPI platform without
+    /// EFI reboots by jumping here (reboot=efi falls back to reboot=bios), so
+    /// this turns that path into a clean reset.
+    static let resetVectorStub: [UInt8] = [0xB0, ACPITables.resetValue, 0xBA]
+        + le(UInt64(ACPITables.resetPort), 2) + [0xEE, 0xF4, 0xEB, 0xFD]
 }

@@ -10,15 +10,18 @@ public final class LinuxMachine: Sendable {
     public let config: BootConfiguration
     let vm: VirtualMachine
     let memory: GuestMemory
-    let bus: PortIOBus
+    let pio: Bus
+    let mmio: Bus
     public let serial: Serial16550
+    public let bootMarker: BootMarker
     let vcpus: [VCPU]
     private let outcome = Mutex<MachineExit?>(nil)
     private let finished = DispatchSemaphore(value: 0)
 
     /// Builds the machine and loads the kernel; nothing runs yet.
     public init(config: BootConfiguration, kvmPath: String = "/dev/kvm",
-                consoleOutput: @escaping @Sendable (UInt8) -> Void) throws {
+                consoleOutput: @escaping @Sendable (UInt8) -> Void,
+                onBootMarker: @escaping @Sendable (UInt64) -> Void = { _ in }) throws {
         self.config = config
         let hypervisor = try Hypervisor(path: kvmPath)
         let vm = try hypervisor.createVM()
@@ -35,12 +38,18 @@ public final class LinuxMachine: Sendable {
         serial = Serial16550(output: consoleOutput, setIRQ: { high in
             try? vm.setIRQLine(Serial16550.com1IRQ, high: high)
         })
-        var bus = PortIOBus()
-        bus.register(serial, ports: Serial16550.com1Base...(Serial16550.com1Base + 7))
+        var pio = Bus(), mmio = Bus()
+        func ports(_ first: UInt16, _ last: UInt16) -> ClosedRange<UInt64> { UInt64(first)...UInt64(last) }
+        pio.register(serial, ports(Serial16550.com1Base, Serial16550.com1Base + 7))
         let power = PowerControl { request in finish.value?(request == .powerOff ? .powerOff : .reset) }
-        bus.register(power, ports: ACPITables.sleepControlPort...ACPITables.resetPort)
-        bus.register(power, ports: PowerControl.i8042Command...PowerControl.i8042Command)
-        self.bus = bus
+        pio.register(power, ports(ACPITables.sleepControlPort, ACPITables.resetPort))
+        pio.register(power, ports(PowerControl.i8042Command, PowerControl.i8042Command))
+        pio.register(CMOSClock(), ports(CMOSClock.indexPort, CMOSClock.dataPort))
+        pio.register(PanicDevice { finish.value?(.panic) }, ports(PanicDevice.port, PanicDevice.port))
+        bootMarker = BootMarker(start: config.startTime, onReached: onBootMarker)
+        mmio.register(bootMarker, BootMarker.address...BootMarker.address)
+        self.pio = pio
+        self.mmio = mmio
 
         let cpuid = CPUIDPolicy(supported: try hypervisor.supportedCPUID(), cpus: config.cpus)
         var vcpus: [VCPU] = []
@@ -124,8 +133,12 @@ public final class LinuxMachine: Sendable {
         if result == .timedOut { finish(.timeout) }
         for r in runners { r.stop() }
         for r in runners { r.join() }
+        stoppedAt = vcpus.map { try? $0.getRegisters().rip }
         return outcome.withLock { $0 } ?? .hostError("no outcome")
     }
+
+    /// Each vCPU's RIP once `run()` has stopped them (for timeout reports).
+    nonisolated(unsafe) public private(set) var stoppedAt: [UInt64?] = []
 
     /// Ends the run from outside (SIGINT/SIGTERM).
     public func stop(_ exit: MachineExit) { finish(exit) }
@@ -143,10 +156,10 @@ public final class LinuxMachine: Sendable {
             case let .io(port, isWrite, size, count, data):
                 for i in 0..<count {
                     let slice = UnsafeMutableRawBufferPointer(rebasing: data[(i * size)..<((i + 1) * size)])
-                    bus.access(port: port, isWrite: isWrite, data: slice)
+                    pio.access(UInt64(port), isWrite: isWrite, data: slice)
                 }
-            case let .mmio(_, isWrite, data):
-                if !isWrite { data.initializeMemory(as: UInt8.self, repeating: 0xFF) }
+            case let .mmio(address, isWrite, data):
+                mmio.access(address, isWrite: isWrite, data: data)
             case .halt, .interrupted:
                 continue
             case .shutdown:
@@ -185,4 +198,5 @@ extension String {
         count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }
+
 

@@ -19,7 +19,8 @@ struct Boot: ParsableCommand {
               svmm boot --kernel bzImage --initrd initrd.gz --cmdline "console=ttyS0 quiet"
               svmm boot --kernel bzImage --memory 1G --timeout 30s
 
-            Exit status: 0 guest powered off, 10 guest rebooted, 12 triple fault,
+            Exit status: 0 guest powered off, 10 guest rebooted, 11 guest panicked
+            (pvpanic), 12 triple fault,
             65 not a bootable kernel/initrd, 66 file unreadable, 69 no usable
             /dev/kvm, 70 KVM internal error, 124 --timeout, 130/143 SIGINT/SIGTERM.
             """
@@ -53,7 +54,11 @@ struct Boot: ParsableCommand {
         if let timeout, Sizes.seconds(timeout) == nil { throw ValidationError("--timeout '\(timeout)' is not a duration (e.g. 30s, 2m, 500ms)") }
     }
 
+    @Flag(help: "Print on stderr how long the guest took to reach its boot marker (port 0x510, value 123).")
+    var bootTime = false
+
     func run() throws {
+        let started = DispatchTime.now().uptimeNanoseconds
         let cache = ArtifactCache.directory
         let kernelPath = kernel ?? cache + "/guest/bzImage"
         let initrdPath = initrd ?? (kernel == nil ? cache + "/guest/initramfs.cpio.gz" : nil)
@@ -68,17 +73,21 @@ struct Boot: ParsableCommand {
             }
             initrdBytes = b
         }
-        let config = BootConfiguration(
+        var config = BootConfiguration(
             kernelPath: kernelPath, kernel: kernelBytes, initrdPath: initrdPath, initrd: initrdBytes,
             commandLine: cmdline, cpus: cpus, memoryBytes: Sizes.bytes(memory)!,
             timeoutSeconds: timeout.flatMap(Sizes.seconds))
+        config.startTime = started
+        let reportBootTime = bootTime
 
         let machine: LinuxMachine
         do {
-            machine = try LinuxMachine(config: config, kvmPath: device) { byte in
+            machine = try LinuxMachine(config: config, kvmPath: device, consoleOutput: { byte in
                 var b = byte
                 _ = write(1, &b, 1)
-            }
+            }, onBootMarker: { ns in
+                if reportBootTime { FileHandleOutput.stderr("svmm: boot marker reached after \(ns / 1_000_000) ms\n") }
+            })
         } catch let e as LoaderError {
             fail(e.description, .badInput)
         } catch let e as KVMUnavailable {
@@ -121,11 +130,15 @@ struct Boot: ParsableCommand {
         case .reset:
             FileHandleOutput.stderr("svmm: the guest rebooted\n")
             throw ExitCode(ExitStatus.guestReboot.rawValue)
+        case .panic:
+            FileHandleOutput.stderr("svmm: the guest kernel panicked (reported through pvpanic)\n")
+            throw ExitCode(ExitStatus.guestPanic.rawValue)
         case let .tripleFault(cpu, rip):
             FileHandleOutput.stderr("svmm: triple fault on vCPU \(cpu)\(rip.map { " at RIP 0x" + String($0, radix: 16) } ?? "")\n")
             throw ExitCode(ExitStatus.tripleFault.rawValue)
         case .timeout:
-            FileHandleOutput.stderr("svmm: timeout: the guest ran past \(timeout ?? "")\n")
+            let rips = machine.stoppedAt.enumerated().map { "vCPU \($0.offset) at RIP \($0.element.map { "0x" + String($0, radix: 16) } ?? "?")" }
+            FileHandleOutput.stderr("svmm: timeout: the guest ran past \(timeout ?? "") (\(rips.joined(separator: ", ")))\n")
             throw ExitCode(ExitStatus.timeout.rawValue)
         case let .interrupted(sig):
             FileHandleOutput.stderr("svmm: stopped by signal \(sig)\n")

@@ -21,6 +21,8 @@ enum ExitStatus: Int32 {
     case guestFailed = 4
     /// The guest rebooted (or panicked with panic=-1, which reboots).
     case guestReboot = 10
+    /// The guest kernel panicked and said so through pvpanic.
+    case guestPanic = 11
     /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN).
     case tripleFault = 12
     /// EX_DATAERR: the kernel or initrd cannot be booted as given.

@@ -104,9 +104,13 @@ public struct ACPITables: Sendable {
                 AML.ioPorts(Serial16550.com1Base, count: 8),
                 AML.irq(Int(Serial16550.com1IRQ)),
             ])))
+        // pvpanic (QEMU0001): the guest reports a panic on port 0x505.
+        let pvpanic = AML.device("PEVT",
+            AML.name("_HID", AML.string("QEMU0001")) +
+            AML.name("_CRS", AML.resourceTemplate([AML.ioPorts(PanicDevice.port, count: 1)])))
         // Name (_S5, Package (4) { 5, 0, 0, 0 }): the soft-off sleep type (§7.4.2).
         let s5 = AML.name("_S5", AML.package([AML.integer(UInt64(Self.s5SleepType)), AML.integer(0), AML.integer(0), AML.integer(0)]))
-        return Self.table("DSDT", revision: 2, body: AML.scope("\\_SB", com1) + s5)
+        return Self.table("DSDT", revision: 2, body: AML.scope("\\_SB", com1 + pvpanic) + s5)
     }
 
     static func checksum<C: Collection>(_ bytes: C) -> UInt8 where C.Element == UInt8 {

@@ -43,6 +43,8 @@ enum AML {
         }
     }
 
+    static func string(_ s: String) -> [UInt8] { [0x0D] + Array(s.utf8) + [0x00] }
+
     /// EISA id ("PNP0501") as the DWord _HID encoding (§6.1.5).
     static func eisaID(_ id: String) -> [UInt8] {
         let c = Array(id.utf8)

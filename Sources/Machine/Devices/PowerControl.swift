@@ -7,7 +7,7 @@ public enum PowerRequest: Sendable, Equatable {
 /// The hardware-reduced ACPI sleep control and reset registers (see
 /// `ACPITables`), plus the i8042 "pulse reset line" command (0xFE to port
 /// 0x64) that Linux falls back to for reboot.
-public final class PowerControl: PortDevice {
+public final class PowerControl: BusDevice {
     public static let i8042Command: UInt16 = 0x64
     public static let i8042Data: UInt16 = 0x60
     private let request: @Sendable (PowerRequest) -> Void
@@ -16,13 +16,15 @@ public final class PowerControl: PortDevice {
         self.request = request
     }
 
-    public func read(port: UInt16, data: UnsafeMutableRawBufferPointer) {
+    public func read(address: UInt64, data: UnsafeMutableRawBufferPointer) {
+        let port = UInt16(truncatingIfNeeded: address)
         // Sleep status and the i8042 status/data read as 0: nothing pending,
         // no keyboard data (so a driver's poll loop ends at once).
         data.initializeMemory(as: UInt8.self, repeating: 0)
     }
 
-    public func write(port: UInt16, data: UnsafeRawBufferPointer) {
+    public func write(address: UInt64, data: UnsafeRawBufferPointer) {
+        let port = UInt16(truncatingIfNeeded: address)
         guard let v = data.first else { return }
         switch port {
         case ACPITables.sleepControlPort:

@@ -4,7 +4,7 @@ import Synchronization
 /// driver: divisor latch, FIFO control, scratch, loopback (the driver's probe
 /// uses it), transmit-empty and receive interrupts. Transmission is instant:
 /// every byte written to THR goes straight to `output`.
-public final class Serial16550: PortDevice {
+public final class Serial16550: BusDevice {
     public static let com1Base: UInt16 = 0x3F8
     public static let com1IRQ: UInt32 = 4
 
@@ -75,7 +75,8 @@ public final class Serial16550: PortDevice {
         }
     }
 
-    public func read(port: UInt16, data: UnsafeMutableRawBufferPointer) {
+    public func read(address: UInt64, data: UnsafeMutableRawBufferPointer) {
+        let port = UInt16(truncatingIfNeeded: address)
         guard !data.isEmpty else { return }
         let value: UInt8 = state.withLock { s in
             let v: UInt8
@@ -98,7 +99,8 @@ public final class Serial16550: PortDevice {
         for i in 1..<data.count { data[i] = 0 }
     }
 
-    public func write(port: UInt16, data: UnsafeRawBufferPointer) {
+    public func write(address: UInt64, data: UnsafeRawBufferPointer) {
+        let port = UInt16(truncatingIfNeeded: address)
         guard let value = data.first else { return }
         var transmit: UInt8?
         state.withLock { s in
