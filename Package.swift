@@ -24,7 +24,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "MachineTests", dependencies: ["Machine"]),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM"]),
         // Drives the scripts and the built svmm as a user would (probe,
         // sandbox, guest artifacts); needs `swift build` first.
         .testTarget(name: "PlatformTests"),

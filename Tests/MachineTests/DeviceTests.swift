@@ -1,0 +1,155 @@
+import Glibc
+import Synchronization
+import KVM
+import Testing
+@testable import Machine
+
+/// Records what a device did with its outputs.
+final class Recorder: Sendable {
+    let bytes = Mutex<[UInt8]>([])
+    let irq = Mutex<[Bool]>([])
+}
+
+extension BusDevice {
+    func readByte(_ address: UInt64) -> UInt8 {
+        var v: UInt8 = 0
+        withUnsafeMutableBytes(of: &v) { read(address: address, data: $0) }
+        return v
+    }
+    func writeByte(_ address: UInt64, _ value: UInt8) {
+        withUnsafeBytes(of: value) { write(address: address, data: $0) }
+    }
+}
+
+@Suite struct Serial16550Tests {
+    let base = UInt64(Serial16550.com1Base)
+
+    func uart() -> (Serial16550, Recorder) {
+        let r = Recorder()
+        let u = Serial16550(output: { b in r.bytes.withLock { $0.append(b) } }, setIRQ: { h in r.irq.withLock { $0.append(h) } })
+        return (u, r)
+    }
+
+    @Test func transmitsWhatIsWrittenToTHR() {
+        let (u, r) = uart()
+        for b in Array("hi\n".utf8) { u.writeByte(base, b) }
+        #expect(r.bytes.withLock { $0 } == Array("hi\n".utf8))
+        #expect(u.readByte(base + 5) & 0x60 == 0x60)       // THRE | TEMT: always ready
+    }
+
+    @Test func thrEmptyInterruptFollowsTheDriversHandshake() {
+        let (u, r) = uart()
+        #expect(u.readByte(base + 2) == 0x01)              // no interrupt
+        u.writeByte(base + 1, 0x02)                         // enable THRI
+        #expect(r.irq.withLock { $0 } == [true])
+        #expect(u.readByte(base + 2) == 0x02)              // THR empty; reading IIR clears it
+        #expect(u.readByte(base + 2) == 0x01)
+        #expect(r.irq.withLock { $0 } == [true, false])
+        u.writeByte(base, 0x41)                             // a byte sent: THR empty again
+        #expect(r.irq.withLock { $0 } == [true, false, true])
+        u.writeByte(base + 1, 0x00)                         // disable: line drops
+        #expect(r.irq.withLock { $0.last } == false)
+    }
+
+    @Test func receivesInputWithAnInterruptAndFIFOBits() {
+        let (u, r) = uart()
+        u.writeByte(base + 2, 0x07)                         // enable and clear FIFOs
+        u.writeByte(base + 1, 0x01)                         // enable RDI
+        #expect(u.receive(Array("ab".utf8)) == 2)
+        #expect(r.irq.withLock { $0 } == [true])
+        #expect(u.readByte(base + 2) == 0xC4)               // FIFO enabled, data available
+        #expect(u.readByte(base + 5) & 0x01 == 0x01)
+        #expect(u.readByte(base) == UInt8(ascii: "a"))
+        #expect(u.readByte(base) == UInt8(ascii: "b"))
+        #expect(u.readByte(base + 5) & 0x01 == 0)
+        #expect(r.irq.withLock { $0 } == [true, false])
+    }
+
+    @Test func loopbackReflectsModemControlAsLinuxProbesIt() {
+        let (u, r) = uart()
+        u.writeByte(base + 4, 0x1A)                         // LOOP | OUT2 | RTS
+        #expect(u.readByte(base + 6) & 0xF0 == 0x90)        // DCD | CTS, what 8250 autoconfig expects
+        u.writeByte(base, 0x55)
+        #expect(r.bytes.withLock { $0 }.isEmpty)            // looped back, not transmitted
+        #expect(u.readByte(base) == 0x55)
+        u.writeByte(base + 4, 0x00)
+        #expect(u.readByte(base + 6) == 0xB0)
+    }
+
+    @Test func divisorLatchAndScratchKeepTheirValues() {
+        let (u, _) = uart()
+        u.writeByte(base + 3, 0x80)
+        u.writeByte(base, 0x01); u.writeByte(base + 1, 0x02)
+        #expect(u.readByte(base) == 0x01 && u.readByte(base + 1) == 0x02)
+        u.writeByte(base + 3, 0x03)
+        u.writeByte(base + 7, 0x5A)
+        #expect(u.readByte(base + 7) == 0x5A && u.readByte(base + 3) == 0x03)
+    }
+}
+
+@Suite struct BoardDeviceTests {
+    @Test func cmosClockReadsTheTimeInBCD() {
+        // 2026-11-21 14:05:09 UTC, a Saturday.
+        let t: time_t = 1795269909
+        #expect(CMOSClock.register(0x00, at: t) == 0x09)
+        #expect(CMOSClock.register(0x02, at: t) == 0x05)
+        #expect(CMOSClock.register(0x04, at: t) == 0x14)
+        #expect(CMOSClock.register(0x07, at: t) == 0x21)
+        #expect(CMOSClock.register(0x08, at: t) == 0x11)
+        #expect(CMOSClock.register(0x09, at: t) == 0x26)
+        #expect(CMOSClock.register(0x32, at: t) == 0x20)
+        #expect(CMOSClock.register(0x0A, at: t) & 0x80 == 0)  // never "update in progress"
+        let clock = CMOSClock(now: { t })
+        clock.writeByte(0x70, 0x84)                            // NMI-disable bit plus index 4
+        #expect(clock.readByte(0x71) == 0x14)
+    }
+
+    @Test func powerControlReportsSoftOffAndReset() {
+        let requests = Mutex<[PowerRequest]>([])
+        let p = PowerControl { r in requests.withLock { $0.append(r) } }
+        p.writeByte(UInt64(ACPITables.sleepControlPort), 5 << 2)          // SLP_TYP without SLP_EN
+        p.writeByte(UInt64(ACPITables.sleepControlPort), 5 << 2 | 0x20)   // S5 + SLP_EN
+        p.writeByte(UInt64(ACPITables.resetPort), 0x02)                   // not the reset value
+        p.writeByte(UInt64(ACPITables.resetPort), ACPITables.resetValue)
+        p.writeByte(0x64, 0xFE)
+        #expect(requests.withLock { $0 } == [.powerOff, .reset, .reset])
+    }
+
+    @Test func busDispatchesByRangeAndReadsUnclaimedAsOnes() {
+        let clock = CMOSClock(now: { 0 })
+        var bus = Bus()
+        bus.register(clock, 0x70...0x71)
+        #expect(bus.device(at: 0x70) === clock && bus.device(at: 0x71) === clock)
+        #expect(bus.device(at: 0x72) == nil && bus.device(at: 0x6F) == nil)
+        var v: UInt32 = 0
+        let claimed = withUnsafeMutableBytes(of: &v) { bus.access(0x80, isWrite: false, data: $0) }
+        #expect(!claimed && v == 0xFFFF_FFFF)
+    }
+
+    @Test func amlPackageLengthsUseAsManyBytesAsNeeded() {
+        #expect(AML.pkgLength(5) == [6])
+        #expect(AML.pkgLength(62) == [63])
+        // 63 bytes of content + 2 length bytes = 65 = 0x41: 0x41 & 0xF | 1 << 6, 0x41 >> 4.
+        #expect(AML.pkgLength(63) == [0x41, 0x04])
+        // 4000 + 2 = 0xFA2 fits two bytes (up to 0xFFF); 5000 + 3 = 0x138B needs three.
+        #expect(AML.pkgLength(4000) == [0x42, 0xFA])
+        #expect(AML.pkgLength(5000) == [0x8B, 0x38, 0x01])
+        #expect(AML.eisaID("PNP0501") == [0x0C, 0x41, 0xD0, 0x05, 0x01])
+    }
+
+    @Test func cpuidGivesEachVCPUItsOwnAPICIdAndTheTopology() {
+        let supported = [CPUIDEntry(function: 1, ebx: 0x0102_0800, ecx: 0x76F8_3203, edx: 0x0F8B_FBFD),
+                         CPUIDEntry(function: 0xB, index: 0), CPUIDEntry(function: 0xB, index: 1),
+                         CPUIDEntry(function: 0x4000_0000, eax: 0x4000_0001)]
+        let policy = CPUIDPolicy(supported: supported, cpus: 4)
+        let cpu3 = policy.entries(forCPU: 3)
+        let leaf1 = cpu3.first { $0.function == 1 }!
+        #expect(leaf1.ebx >> 24 == 3)
+        #expect((leaf1.ebx >> 16) & 0xFF == 4)
+        #expect(leaf1.ecx & (1 << 31) != 0)                   // hypervisor present
+        #expect(leaf1.edx & (1 << 28) != 0)                   // HTT with more than one CPU
+        let core = cpu3.first { $0.function == 0xB && $0.index == 1 }!
+        #expect(core.edx == 3 && core.ebx == 4 && core.eax == 2)
+        #expect(cpu3.contains { $0.function == 0x4000_0000 })
+    }
+}
