@@ -87,6 +87,11 @@ public final class VCPU: @unchecked Sendable {
         _ = ckvm_install_kick_handler(signal)
     }
 
+    /// Lets the kick signal reach the calling thread (call on the vCPU's thread).
+    public static func unblockKickSignal(_ signal: Int32) {
+        _ = ckvm_unblock_signal(signal)
+    }
+
     public func clearExitRequest() {
         ckvm_run_set_immediate_exit(runPage, 0)
     }

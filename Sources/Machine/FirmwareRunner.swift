@@ -154,6 +154,7 @@ final class VCPUKick: Sendable {
         self.vcpu = vcpu
         self.thread = pthread_self()
         VCPU.installKickHandler(signal: Self.signal)
+        VCPU.unblockKickSignal(Self.signal)
     }
 
     var fired: Bool { latch.load(ordering: .acquiring) }

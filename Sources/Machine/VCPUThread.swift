@@ -26,6 +26,7 @@ public final class VCPUThread: Sendable {
         var t = pthread_t()
         let r = pthread_create(&t, nil, { arg in
             let me = Unmanaged<VCPUThread>.fromOpaque(arg!).takeRetainedValue()
+            VCPU.unblockKickSignal(VCPUThread.kickSignal)
             me.body(me.vcpu)
             return nil
         }, box.toOpaque())

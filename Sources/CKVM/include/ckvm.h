@@ -8,6 +8,7 @@
 #define CKVM_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
@@ -89,6 +90,14 @@ static inline int ckvm_install_kick_handler(int sig) {
     sa.sa_handler = ckvm_kick_handler;
     sigemptyset(&sa.sa_mask);
     return sigaction(sig, &sa, 0) < 0 ? -errno : 0;
+}
+// Threads inherit their creator's signal mask, and Dispatch's worker threads
+// block most signals: a vCPU thread unblocks its kick signal itself.
+static inline int ckvm_unblock_signal(int sig) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, sig);
+    return -pthread_sigmask(SIG_UNBLOCK, &set, 0);
 }
 
 #endif
