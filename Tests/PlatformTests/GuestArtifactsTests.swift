@@ -95,7 +95,7 @@ func modificationDate(_ path: String) throws -> Date {
             "-append", "console=ttyS0 panic=-1 quiet", "-no-reboot", "-serial", "stdio",
             "-device", "virtio-rng-pci"])
         #expect(r.status == 0, "qemu: \(r.stderr)")
-        let marker = try #require(r.stdout.split(separator: "\n").first { $0.hasPrefix("SVMM-GUEST-READY") }, "console: \(r.stdout)")
+        let marker = try #require(r.stdout.split(whereSeparator: \.isNewline).first { $0.hasPrefix("SVMM-GUEST-READY") }, "console: \(r.stdout)")
         #expect(marker.contains("nproc=2"))
         // QEMU's virtio-rng-pci on the pc machine is transitional (0x1005).
         #expect(marker.contains("1af4:1005"), "virtio-rng listed: \(marker)")

@@ -73,3 +73,57 @@ func sandbox(_ arguments: [String], stdin: String? = nil, environment: [String: 
 
 /// True when the host's /dev/kvm is the paravirtual kvm_pvm (these CI machines).
 var hostIsPVM: Bool { FileManager.default.fileExists(atPath: "/sys/module/kvm_pvm") }
+
+/// A running program whose stdout is collected as it arrives, for tests that
+/// talk to it: wait for some text, type a line, wait for the answer.
+final class Conversation: Sendable {
+    let process: Process
+    private let stdin: FileHandle
+    private let output = LockedBox(Data())
+    private let errors = LockedBox(Data())
+
+    init(_ path: String, _ arguments: [String]) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = arguments
+        p.currentDirectoryURL = repo
+        let out = Pipe(), err = Pipe(), input = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = input
+        try p.run()
+        process = p
+        stdin = input.fileHandleForWriting
+        for (pipe, box) in [(out, output), (err, errors)] {
+            Thread {
+                while case let chunk = pipe.fileHandleForReading.availableData, !chunk.isEmpty {
+                    box.set(box.get() + chunk)
+                }
+            }.start()
+        }
+    }
+
+    var stdout: String { String(decoding: output.get(), as: UTF8.self) }
+    var stderr: String { String(decoding: errors.get(), as: UTF8.self) }
+
+    /// Waits until stdout contains `text` (true) or `seconds` pass or the program ends (false).
+    func waitFor(_ text: String, seconds: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if stdout.contains(text) { return true }
+            if !process.isRunning { return stdout.contains(text) }
+            usleep(100_000)
+        }
+        return false
+    }
+
+    func type(_ text: String) { stdin.write(Data(text.utf8)) }
+
+    /// Closes stdin and waits for the exit status.
+    func finish() -> Int32 {
+        try? stdin.close()
+        process.waitUntilExit()
+        usleep(200_000)   // let the reader threads take the last bytes
+        return process.terminationStatus
+    }
+}

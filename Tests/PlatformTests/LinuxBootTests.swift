@@ -1,0 +1,109 @@
+import Foundation
+import Testing
+
+/// One boot's result, as the matrix script reports it.
+struct BootCase {
+    var name: String
+    var status: Int32
+    var output: String
+    var marker: [String: String] {
+        // The guest's tty ends lines with "\r\n" (one Character in Swift).
+        guard let line = output.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("SVMM-GUEST-READY") }) else { return [:] }
+        var facts: [String: String] = [:]
+        for field in line.split(whereSeparator: \.isWhitespace).dropFirst() {
+            let kv = field.split(separator: "=", maxSplits: 1)
+            if kv.count == 2 { facts[String(kv[0])] = String(kv[1]) }
+        }
+        return facts
+    }
+}
+
+/// The Debian cloud kernel booted by svmm, through the sandbox where this
+/// host's KVM cannot run it: many boots in one sandbox session (L1 starts
+/// once), each case's output framed so the test can check it.
+@Suite(.serialized) struct LinuxBootTests {
+    static let cache = artifactCache
+    static let quiet = "console=ttyS0 panic=-1 quiet"
+
+    static let cases: [(name: String, args: String)] = [
+        ("bz-1cpu-256M", "--cpus 1 --memory 256M --boot-time"),
+        ("bz-2cpu-256M", "--cpus 2 --memory 256M"),
+        ("bz-4cpu-256M", "--cpus 4 --memory 256M"),
+        ("bz-1cpu-4G", "--cpus 1 --memory 4G"),
+        ("elf-1cpu-256M", "--kernel \(cache)/guest/vmlinux --initrd \(cache)/guest/initramfs.cpio.gz --cpus 1 --memory 256M"),
+        ("elf-2cpu-4G", "--kernel \(cache)/guest/vmlinux --initrd \(cache)/guest/initramfs.cpio.gz --cpus 2 --memory 4G"),
+        ("elf-4cpu-256M", "--kernel \(cache)/guest/vmlinux --initrd \(cache)/guest/initramfs.cpio.gz --cpus 4 --memory 256M"),
+        ("reboot", "--cmdline '\(quiet) svmm_end=reboot'"),
+        ("panic", "--cmdline '\(quiet) svmm_end=panic'"),
+        ("timeout", "--timeout 20s --cmdline '\(quiet) svmm_cmd=\"sleep 1000\"'"),
+    ]
+
+    static let results: Result<[String: BootCase], Error> = Result {
+        var script = "svmm=\(svmmPath)\n"
+        for c in cases {
+            let args = c.args.contains("--cmdline") ? c.args : c.args + " --cmdline '\(quiet)'"
+            let timeout = c.args.contains("--timeout") ? "" : " --timeout 240s"
+            script += "echo '=== CASE \(c.name)'; $svmm boot \(args)\(timeout) </dev/null 2>&1; echo \"=== END \(c.name) rc=$?\"\n"
+        }
+        let r = try sandbox(["--timeout", "1800", "--", "sh", "-c", script])
+        var found: [String: BootCase] = [:]
+        for block in r.stdout.components(separatedBy: "=== CASE ").dropFirst() {
+            let name = String(block.prefix { $0 != "\n" })
+            guard let end = block.range(of: "=== END \(name) rc=") else { continue }
+            let status = Int32(block[end.upperBound...].prefix { $0.isNumber }) ?? -1
+            found[name] = BootCase(name: name, status: status, output: String(block[..<end.lowerBound]))
+        }
+        if found.count != cases.count { print("boot matrix output:\n\(r.stdout)\n\(r.stderr)") }
+        return found
+    }
+
+    func boot(_ name: String) throws -> BootCase {
+        let all = try Self.results.get()
+        return try #require(all[name], "case \(name) did not run")
+    }
+
+    @Test(arguments: ["bz-1cpu-256M", "bz-2cpu-256M", "bz-4cpu-256M", "elf-1cpu-256M", "elf-4cpu-256M"])
+    func bootsToTheMarkerWithEveryVCPUOnline(name: String) throws {
+        let c = try boot(name)
+        #expect(c.status == 0, "\(name): \(c.output)")
+        let cpus = name.contains("4cpu") ? "4" : name.contains("2cpu") ? "2" : "1"
+        #expect(c.marker["nproc"] == cpus, "\(name): \(c.output)")
+        let kb = Int(c.marker["memtotal_kb"] ?? "") ?? 0
+        #expect(kb > 200 * 1024 && kb < 256 * 1024, "MemTotal \(kb) kB for 256 MiB")
+        #expect(c.output.contains("SVMM-GUEST-SCRIPT-EXIT=0"))
+    }
+
+    @Test(arguments: ["bz-1cpu-4G", "elf-2cpu-4G"])
+    func ramAboveThePCIHoleIsUsable(name: String) throws {
+        let c = try boot(name)
+        #expect(c.status == 0, "\(name): \(c.output)")
+        let kb = Int(c.marker["memtotal_kb"] ?? "") ?? 0
+        #expect(kb > 3584 * 1024, "MemTotal \(kb) kB must exceed 3.5 GiB: RAM above 4 GiB is in use")
+        #expect(c.marker["nproc"] == (name.contains("2cpu") ? "2" : "1"))
+    }
+
+    @Test func bootMarkerTimeIsReported() throws {
+        let c = try boot("bz-1cpu-256M")
+        #expect(c.output.contains("svmm: boot marker reached after "), "\(c.output)")
+    }
+
+    @Test func aGuestRebootExitsTen() throws {
+        let c = try boot("reboot")
+        #expect(c.status == 10, "\(c.output)")
+        #expect(c.output.contains("svmm: the guest rebooted"))
+    }
+
+    @Test func aGuestPanicExitsEleven() throws {
+        let c = try boot("panic")
+        #expect(c.status == 11, "\(c.output)")
+        #expect(c.output.contains("Kernel panic - not syncing: sysrq triggered crash"))
+        #expect(c.output.contains("svmm: the guest kernel panicked"))
+    }
+
+    @Test func aGuestPastTheTimeoutExits124() throws {
+        let c = try boot("timeout")
+        #expect(c.status == 124, "\(c.output)")
+        #expect(c.output.contains("svmm: timeout: the guest ran past 20s (vCPU 0 at RIP 0x"))
+        #expect(c.output.contains("SVMM-GUEST-READY"))
+    }
+}
