@@ -8,6 +8,8 @@ public struct BootConfiguration: Sendable {
     public var cpus: Int
     public var memoryBytes: UInt64
     public var timeoutSeconds: Double?
+    /// CPUID feature changes (`--cpu-features`), applied to every vCPU.
+    public var cpuFeatures: [CPUFeatures.Change] = []
     /// When svmm started (`DispatchTime.now().uptimeNanoseconds`), for the boot marker.
     public var startTime: UInt64 = 0
 

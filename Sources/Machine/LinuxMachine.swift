@@ -51,11 +51,12 @@ public final class LinuxMachine: Sendable {
         self.pio = pio
         self.mmio = mmio
 
-        let cpuid = CPUIDPolicy(supported: try hypervisor.supportedCPUID(), cpus: config.cpus)
+        let supported = try hypervisor.supportedCPUID()
+        let cpuid = CPUIDPolicy(supported: supported, cpus: config.cpus)
         var vcpus: [VCPU] = []
         for id in 0..<config.cpus {
             let vcpu = try vm.createVCPU(id: id)
-            try vcpu.setCPUID(cpuid.entries(forCPU: id))
+            try vcpu.setCPUID(CPUFeatures.apply(config.cpuFeatures, to: cpuid.entries(forCPU: id), supported: supported))
             try Self.resetFPUAndLAPIC(vcpu)
             if id == 0 { try Self.enterLongMode(vcpu, entry: entry) }
             vcpus.append(vcpu)
@@ -137,6 +138,9 @@ public final class LinuxMachine: Sendable {
         return outcome.withLock { $0 } ?? .hostError("no outcome")
     }
 
+    /// Exits to userspace of all vCPUs, complete once `run()` returned.
+    public let exitCounters = Mutex(ExitCounters())
+
     /// Each vCPU's RIP once `run()` has stopped them (for timeout reports).
     nonisolated(unsafe) public private(set) var stoppedAt: [UInt64?] = []
 
@@ -146,6 +150,8 @@ public final class LinuxMachine: Sendable {
     /// The exit loop of one vCPU: one switch over exit reasons, each arm a
     /// call into the bus or a verdict (kvmtool's kvm_cpu__start, in Swift).
     func runLoop(_ vcpu: VCPU) {
+        var counters = ExitCounters()
+        defer { let c = counters; exitCounters.withLock { $0.merge(c) } }
         while outcome.withLock({ $0 }) == nil {
             let exit: VCPUExit
             do { exit = try vcpu.run() } catch {
@@ -154,27 +160,34 @@ public final class LinuxMachine: Sendable {
             }
             switch exit {
             case let .io(port, isWrite, size, count, data):
+                counters.count(port: port)
                 for i in 0..<count {
                     let slice = UnsafeMutableRawBufferPointer(rebasing: data[(i * size)..<((i + 1) * size)])
                     pio.access(UInt64(port), isWrite: isWrite, data: slice)
                 }
             case let .mmio(address, isWrite, data):
+                counters.count(mmio: address)
                 mmio.access(address, isWrite: isWrite, data: data)
             case .halt, .interrupted:
-                continue
+                counters.count(.interrupted)
             case .shutdown:
+                counters.count(.shutdown)
                 finish(.tripleFault(cpu: vcpu.id, rip: try? vcpu.getRegisters().rip))
             case let .systemEvent(type):
+                counters.count(.systemEvent)
                 switch Int32(type) {
                 case KVM_SYSTEM_EVENT_SHUTDOWN: finish(.powerOff)
                 case KVM_SYSTEM_EVENT_RESET: finish(.reset)
                 default: finish(.internalError(cpu: vcpu.id, detail: "system event \(type)"))
                 }
             case let .internalError(suberror, data):
+                counters.count(.internalError)
                 finish(.internalError(cpu: vcpu.id, detail: describeInternalError(vcpu, suberror: suberror, data: data)))
             case let .failEntry(reason):
+                counters.count(.other)
                 finish(.internalError(cpu: vcpu.id, detail: "VM entry failed, hardware reason 0x\(String(reason, radix: 16))"))
             case let .other(reason):
+                counters.count(.other)
                 finish(.internalError(cpu: vcpu.id, detail: "unhandled exit reason \(reason)"))
             }
         }

@@ -44,6 +44,10 @@ struct Boot: ParsableCommand {
     @Option(help: "Stop the guest after this long, e.g. 30s, 2m, 500ms (exit 124).")
     var timeout: String?
 
+    @Option(parsing: .unconditional, help: ArgumentHelp("Add or mask CPU features by /proc/cpuinfo name, e.g. -cx16,+x2apic.",
+                               discussion: "Known names: \(CPUFeatures.names.joined(separator: " "))"))
+    var cpuFeatures: String?
+
     @Option(help: "Path of the KVM device.")
     var device: String = "/dev/kvm"
 
@@ -52,10 +56,16 @@ struct Boot: ParsableCommand {
         guard let bytes = Sizes.bytes(memory) else { throw ValidationError("--memory '\(memory)' is not a size (e.g. 512M, 2G)") }
         guard bytes >= 32 << 20 else { throw ValidationError("--memory must be at least 32M") }
         if let timeout, Sizes.seconds(timeout) == nil { throw ValidationError("--timeout '\(timeout)' is not a duration (e.g. 30s, 2m, 500ms)") }
+        if let cpuFeatures {
+            do { _ = try CPUFeatures.parse(cpuFeatures) } catch { throw ValidationError(error.description) }
+        }
     }
 
     @Flag(help: "Print on stderr how long the guest took to reach its boot marker (port 0x510, value 123).")
     var bootTime = false
+
+    @Flag(help: "Print on stderr how many exits to userspace the guest caused, by reason, port and MMIO address.")
+    var exitStats = false
 
     func run() throws {
         let started = DispatchTime.now().uptimeNanoseconds
@@ -78,6 +88,7 @@ struct Boot: ParsableCommand {
             commandLine: cmdline, cpus: cpus, memoryBytes: Sizes.bytes(memory)!,
             timeoutSeconds: timeout.flatMap(Sizes.seconds))
         config.startTime = started
+        config.cpuFeatures = try cpuFeatures.map { try CPUFeatures.parse($0) } ?? []
         let reportBootTime = bootTime
 
         let machine: LinuxMachine
@@ -92,6 +103,8 @@ struct Boot: ParsableCommand {
             fail(e.description, .badInput)
         } catch let e as KVMUnavailable {
             fail(e.description, .kvmUnavailable)
+        } catch let e as CPUFeatureError {
+            fail(e.description, .usage)
         } catch {
             fail("\(error)", .failure)
         }
@@ -124,6 +137,7 @@ struct Boot: ParsableCommand {
         let outcome: MachineExit
         do { outcome = try machine.run() } catch { fail("\(error)", .failure) }
         Terminal.restore()
+        if exitStats { FileHandleOutput.stderr("svmm: " + machine.exitCounters.withLock { $0.summary } + "\n") }
         switch outcome {
         case .powerOff:
             return

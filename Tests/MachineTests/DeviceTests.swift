@@ -153,3 +153,28 @@ extension BusDevice {
         #expect(cpu3.contains { $0.function == 0x4000_0000 })
     }
 }
+
+@Suite struct CPUFeatureTests {
+    let supported = [CPUIDEntry(function: 1, ecx: 1 << 13 | 1 << 21, edx: 1 << 26),
+                     CPUIDEntry(function: 7, ebx: 1 << 5)]
+
+    @Test func parsesAddsMasksAndBareNames() throws {
+        #expect(try CPUFeatures.parse("-cx16, +x2apic,avx2") == [
+            .init(name: "cx16", enable: false), .init(name: "x2apic", enable: true), .init(name: "avx2", enable: true)])
+        #expect(throws: CPUFeatureError.unknown("nosuch")) { try CPUFeatures.parse("-nosuch") }
+    }
+
+    @Test func masksAndAddsBitsWhereCPUIDReportsThem() throws {
+        let guest = [CPUIDEntry(function: 1, ecx: 1 << 13, edx: 1 << 26), CPUIDEntry(function: 7)]
+        let out = try CPUFeatures.apply(CPUFeatures.parse("-cx16,+x2apic,+avx2,-sse2"), to: guest, supported: supported)
+        #expect(out[0].ecx == 1 << 21)
+        #expect(out[0].edx == 0)
+        #expect(out[1].ebx == 1 << 5)
+    }
+
+    @Test func refusesAFeatureTheHostCannotGive() throws {
+        #expect(throws: CPUFeatureError.unsupported("avx512f")) {
+            try CPUFeatures.apply(CPUFeatures.parse("+avx512f"), to: supported, supported: supported)
+        }
+    }
+}

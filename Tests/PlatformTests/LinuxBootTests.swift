@@ -26,7 +26,7 @@ struct BootCase {
     static let quiet = "console=ttyS0 panic=-1 quiet"
 
     static let cases: [(name: String, args: String)] = [
-        ("bz-1cpu-256M", "--cpus 1 --memory 256M --boot-time"),
+        ("bz-1cpu-256M", "--cpus 1 --memory 256M --boot-time --exit-stats"),
         ("bz-2cpu-256M", "--cpus 2 --memory 256M"),
         ("bz-4cpu-256M", "--cpus 4 --memory 256M"),
         ("bz-1cpu-4G", "--cpus 1 --memory 4G"),
@@ -36,6 +36,7 @@ struct BootCase {
         ("reboot", "--cmdline '\(quiet) svmm_end=reboot'"),
         ("panic", "--cmdline '\(quiet) svmm_end=panic'"),
         ("timeout", "--timeout 20s --cmdline '\(quiet) svmm_cmd=\"sleep 1000\"'"),
+        ("cpu-features", "--cpu-features=-cx16 --cmdline '\(quiet) svmm_cmd=\"grep -ow -e cx16 -e sse2 /proc/cpuinfo | sort -u\"'"),
     ]
 
     static let results: Result<[String: BootCase], Error> = Result {
@@ -85,6 +86,22 @@ struct BootCase {
     @Test func bootMarkerTimeIsReported() throws {
         let c = try boot("bz-1cpu-256M")
         #expect(c.output.contains("svmm: boot marker reached after "), "\(c.output)")
+    }
+
+    @Test func exitsToUserspaceAreCountedByPort() throws {
+        let c = try boot("bz-1cpu-256M")
+        let line = try #require(c.output.split(whereSeparator: \.isNewline).first { $0.contains("exits to userspace: ") }, "\(c.output)")
+        // The serial port (0x3f8–0x3ff) must be among the ports counted.
+        #expect(line.contains("io ") && line.contains("0x3f"), "\(line)")
+        #expect(line.contains("mmio ") && line.contains("0xd0000000 1"), "the boot marker write: \(line)")
+    }
+
+    @Test func aMaskedCPUFeatureIsGoneFromTheGuest() throws {
+        let c = try boot("cpu-features")
+        #expect(c.status == 0, "\(c.output)")
+        let words = Set(c.output.split(whereSeparator: \.isWhitespace).map(String.init))
+        #expect(words.contains("sse2"), "\(c.output)")
+        #expect(!words.contains("cx16"), "cx16 was masked: \(c.output)")
     }
 
     @Test func aGuestRebootExitsTen() throws {
