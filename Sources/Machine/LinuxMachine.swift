@@ -45,6 +45,7 @@ public final class LinuxMachine: Sendable {
         pio.register(power, ports(ACPITables.sleepControlPort, ACPITables.resetPort))
         pio.register(power, ports(PowerControl.i8042Command, PowerControl.i8042Command))
         pio.register(CMOSClock(), ports(CMOSClock.indexPort, CMOSClock.dataPort))
+        pio.register(PCIHostBridge(), ports(PCIHostBridge.addressPort, PCIHostBridge.dataPort + 3))
         pio.register(PanicDevice { finish.value?(.panic) }, ports(PanicDevice.port, PanicDevice.port))
         bootMarker = BootMarker(start: config.startTime, onReached: onBootMarker)
         mmio.register(bootMarker, BootMarker.address...BootMarker.address)

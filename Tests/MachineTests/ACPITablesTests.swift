@@ -66,6 +66,10 @@ import Testing
         #expect(dsl.contains("0x03F8"))
         #expect(dsl.contains("IRQNoFlags ()\n") && dsl.contains("{4}"))
         #expect(dsl.contains("Name (_S5, Package (0x04)"))
+        #expect(dsl.contains("Device (PCI0)") && dsl.contains("EisaId (\"PNP0A03\")"))
+        #expect(dsl.contains("WordBusNumber (ResourceProducer"))
+        #expect(dsl.contains("0xFEBFFFFF"))
+        #expect(dsl.contains("Device (PEVT)") && dsl.contains("\"QEMU0001\""))
     }
 
     @Test func madtListsOneLocalAPICPerCPUAndTheIOAPIC() throws {

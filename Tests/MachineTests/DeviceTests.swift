@@ -178,3 +178,33 @@ extension BusDevice {
         }
     }
 }
+
+@Suite struct PCIHostBridgeTests {
+    func read32(_ b: PCIHostBridge, bus: UInt32, device: UInt32, offset: UInt32) -> UInt32 {
+        var address = 1 << 31 | bus << 16 | device << 11 | offset
+        withUnsafeBytes(of: &address) { b.write(address: 0xCF8, data: $0) }
+        var v: UInt32 = 0
+        withUnsafeMutableBytes(of: &v) { b.read(address: 0xCFC, data: $0) }
+        return v
+    }
+
+    @Test func theHostBridgeIsAtZeroZeroZero() {
+        let b = PCIHostBridge()
+        #expect(read32(b, bus: 0, device: 0, offset: 0) == 0x0D57_8086)
+        #expect(read32(b, bus: 0, device: 0, offset: 8) >> 8 == 0x06_0000)   // class code
+        // The address register reads back (Linux's type-1 probe checks it).
+        var v: UInt32 = 0
+        withUnsafeMutableBytes(of: &v) { b.read(address: 0xCF8, data: $0) }
+        #expect(v == 1 << 31 | 8)
+    }
+
+    @Test func everyOtherSlotIsEmpty() {
+        let b = PCIHostBridge()
+        #expect(read32(b, bus: 0, device: 1, offset: 0) == 0xFFFF_FFFF)
+        #expect(read32(b, bus: 1, device: 0, offset: 0) == 0xFFFF_FFFF)
+        // A byte read at 0xCFE reads the device id's low byte.
+        var address: UInt32 = 1 << 31
+        withUnsafeBytes(of: &address) { b.write(address: 0xCF8, data: $0) }
+        #expect(b.readByte(0xCFE) == 0x57)
+    }
+}

@@ -72,6 +72,8 @@ struct BootCase {
         let kb = Int(c.marker["memtotal_kb"] ?? "") ?? 0
         #expect(kb > 200 * 1024 && kb < 256 * 1024, "MemTotal \(kb) kB for 256 MiB")
         #expect(c.output.contains("SVMM-GUEST-SCRIPT-EXIT=0"))
+        // The PCI root from the DSDT was enumerated through ports 0xCF8/0xCFC.
+        #expect(c.marker["pci"] == "8086:0d57", "\(name): \(c.output)")
     }
 
     @Test(arguments: ["bz-1cpu-4G", "elf-2cpu-4G"])

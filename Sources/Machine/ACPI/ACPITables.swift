@@ -108,9 +108,25 @@ public struct ACPITables: Sendable {
         let pvpanic = AML.device("PEVT",
             AML.name("_HID", AML.string("QEMU0001")) +
             AML.name("_CRS", AML.resourceTemplate([AML.ioPorts(PanicDevice.port, count: 1)])))
+        // The PCI root bridge (PNP0A03, PCI Firmware spec 3.2 §4.1): bus 0,
+        // configuration through ports 0xCF8/0xCFC, and the windows it forwards:
+        // all I/O ports but the config ones, and the 32-bit MMIO hole.
+        let pci = AML.device("PCI0",
+            AML.name("_HID", AML.eisaID("PNP0A03")) +
+            AML.name("_ADR", AML.integer(0)) +
+            AML.name("_SEG", AML.integer(0)) +
+            AML.name("_UID", AML.integer(0)) +
+            AML.name("_BBN", AML.integer(0)) +
+            AML.name("_CRS", AML.resourceTemplate([
+                AML.busNumbers(0, 0xFF),
+                AML.ioPorts(PCIHostBridge.addressPort, count: 8),
+                AML.dwordWindow(io: true, 0x0000, 0x0CF7),
+                AML.dwordWindow(io: true, 0x0D00, 0xFFFF),
+                AML.dwordWindow(io: false, UInt32(Layout.pciHoleStart), 0xFEBF_FFFF),
+            ])))
         // Name (_S5, Package (4) { 5, 0, 0, 0 }): the soft-off sleep type (§7.4.2).
         let s5 = AML.name("_S5", AML.package([AML.integer(UInt64(Self.s5SleepType)), AML.integer(0), AML.integer(0), AML.integer(0)]))
-        return Self.table("DSDT", revision: 2, body: AML.scope("\\_SB", com1 + pvpanic) + s5)
+        return Self.table("DSDT", revision: 2, body: AML.scope("\\_SB", pci + com1 + pvpanic) + s5)
     }
 
     static func checksum<C: Collection>(_ bytes: C) -> UInt8 where C.Element == UInt8 {

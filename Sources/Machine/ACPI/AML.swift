@@ -85,6 +85,20 @@ enum AML {
         [0x47, 0x01] + le(UInt64(base), 2) + le(UInt64(base), 2) + [0x01, count]
     }
 
+    /// Word address space descriptor for a bus-number range (§6.4.3.5.3),
+    /// produced by the device (a root bridge's decoding window).
+    static func busNumbers(_ first: UInt16, _ last: UInt16) -> [UInt8] {
+        [0x88, 0x0D, 0x00, 0x02, 0x0C, 0x00] + le(0, 2) + le(UInt64(first), 2) + le(UInt64(last), 2)
+            + le(0, 2) + le(UInt64(last - first) + 1, 2)
+    }
+
+    /// DWord address space descriptor (§6.4.3.5.2): an I/O (type 1) or memory
+    /// (type 0) window the root bridge forwards.
+    static func dwordWindow(io: Bool, _ first: UInt32, _ last: UInt32) -> [UInt8] {
+        [0x87, 0x17, 0x00, io ? 0x01 : 0x00, 0x0C, io ? 0x03 : 0x01] + le(0, 4) + le(UInt64(first), 4)
+            + le(UInt64(last), 4) + le(0, 4) + le(UInt64(last - first) + 1, 4)
+    }
+
     /// IRQ descriptor without flags (§6.4.2.1): edge, active high.
     static func irq(_ n: Int) -> [UInt8] {
         [0x22] + le(UInt64(1) << UInt64(n), 2)

@@ -1,0 +1,56 @@
+import Synchronization
+
+/// PCI configuration mechanism #1 (PCI Local Bus spec 3.0 §3.2.2.3.2): the
+/// address register at 0xCF8 and the data window at 0xCFC–0xCFF, with one
+/// device, the host bridge at 00:00.0. Every other function reads as absent
+/// (all ones), which is how a guest learns a slot is empty.
+public final class PCIHostBridge: BusDevice {
+    public static let addressPort: UInt16 = 0xCF8
+    public static let dataPort: UInt16 = 0xCFC
+    public static let vendor: UInt16 = 0x8086
+    public static let device: UInt16 = 0x0D57      // an Intel host bridge id, as Firecracker uses
+    static let enable: UInt32 = 1 << 31
+
+    private let address = Mutex<UInt32>(0)
+    /// The host bridge's 256-byte type-0 configuration header.
+    let config: [UInt8]
+
+    public init() {
+        var c = [UInt8](repeating: 0, count: 256)
+        func put(_ v: UInt32, _ n: Int, at o: Int) { for i in 0..<n { c[o + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
+        put(UInt32(Self.vendor), 2, at: 0x00)
+        put(UInt32(Self.device), 2, at: 0x02)
+        put(0x06_0000, 3, at: 0x09)                  // class: bridge, host bridge, prog-if 0
+        c[0x0E] = 0x00                               // header type 0, single function
+        config = c
+    }
+
+    public func read(address a: UInt64, data: UnsafeMutableRawBufferPointer) {
+        let port = UInt16(truncatingIfNeeded: a)
+        if port == Self.addressPort && data.count == 4 {
+            let v = address.withLock { $0 }
+            for i in 0..<4 { data[i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
+            return
+        }
+        guard port >= Self.dataPort else {
+            data.initializeMemory(as: UInt8.self, repeating: 0xFF)
+            return
+        }
+        let cf8 = address.withLock { $0 }
+        let offset = Int(cf8 & 0xFC) + Int(port - Self.dataPort)
+        // Only bus 0, device 0, function 0 exists.
+        let present = cf8 & Self.enable != 0 && cf8 & 0x00FF_FF00 == 0
+        for i in 0..<data.count {
+            data[i] = present && offset + i < config.count ? config[offset + i] : 0xFF
+        }
+    }
+
+    public func write(address a: UInt64, data: UnsafeRawBufferPointer) {
+        let port = UInt16(truncatingIfNeeded: a)
+        // The host bridge's registers are read-only here; only the address latches.
+        guard port == Self.addressPort, data.count == 4 else { return }
+        var v: UInt32 = 0
+        for i in 0..<4 { v |= UInt32(data[i]) << (8 * i) }
+        address.withLock { $0 = v }
+    }
+}
