@@ -67,8 +67,9 @@ struct Boot: ParsableCommand {
     @Flag(help: "Print on stderr how many exits to userspace the guest caused, by reason, port and MMIO address.")
     var exitStats = false
 
-    func run() throws {
-        let started = DispatchTime.now().uptimeNanoseconds
+    /// Reads the files and builds the machine. The file bytes are locals
+    /// here, so they are freed once the kernel and initrd are in guest RAM.
+    func makeMachine(started: UInt64) -> LinuxMachine {
         let cache = ArtifactCache.directory
         let kernelPath = kernel ?? cache + "/guest/bzImage"
         let initrdPath = initrd ?? (kernel == nil ? cache + "/guest/initramfs.cpio.gz" : nil)
@@ -88,12 +89,11 @@ struct Boot: ParsableCommand {
             commandLine: cmdline, cpus: cpus, memoryBytes: Sizes.bytes(memory)!,
             timeoutSeconds: timeout.flatMap(Sizes.seconds))
         config.startTime = started
-        config.cpuFeatures = try cpuFeatures.map { try CPUFeatures.parse($0) } ?? []
+        do { config.cpuFeatures = try cpuFeatures.map { try CPUFeatures.parse($0) } ?? [] } catch { fail("\(error)", .usage) }
         let reportBootTime = bootTime
 
-        let machine: LinuxMachine
         do {
-            machine = try LinuxMachine(config: config, kvmPath: device, consoleOutput: { byte in
+            return try LinuxMachine(config: config, kvmPath: device, consoleOutput: { byte in
                 var b = byte
                 _ = write(1, &b, 1)
             }, onBootMarker: { ns in
@@ -108,6 +108,11 @@ struct Boot: ParsableCommand {
         } catch {
             fail("\(error)", .failure)
         }
+    }
+
+    func run() throws {
+        let started = DispatchTime.now().uptimeNanoseconds
+        let machine = makeMachine(started: started)
 
         // Console input: stdin → COM1.
         Terminal.enterRawMode()

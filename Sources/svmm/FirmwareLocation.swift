@@ -31,17 +31,23 @@ enum FirmwareLocation {
         return bytes
     }
 
+    /// The whole file, read into one buffer of its exact size (sets errno on failure).
     static func readFile(_ path: String) -> [UInt8]? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
-        var result: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return nil }
+        if st.st_mode & S_IFMT == S_IFDIR { errno = EISDIR; return nil }
+        var result = [UInt8](repeating: 0, count: Int(st.st_size))
+        var filled = 0
+        while filled < result.count {
+            let n = result.withUnsafeMutableBytes { read(fd, $0.baseAddress! + filled, $0.count - filled) }
             if n < 0 { return nil }
-            if n == 0 { return result }
-            result.append(contentsOf: chunk[0..<n])
+            if n == 0 { break }
+            filled += n
         }
+        result.removeSubrange(filled...)
+        return result
     }
 }
