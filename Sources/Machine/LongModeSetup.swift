@@ -64,10 +64,11 @@ public struct LongModeSetup: Sendable {
         return s
     }
 
-    /// Puts `sregs` in 32-bit protected mode, paging off: the PVH entry state
-    /// (flat 4 GiB code and data segments, a 32-bit busy TSS in TR).
-    public static func applyProtectedMode(to sregs: inout kvm_sregs) {
-        sregs.cs = segment(selector: code32Selector, descriptor: gdt[1])
+    /// Loads the flat segments from `gdt`: `codeEntry` into CS, the data
+    /// entry into the others, the GDT itself, and a busy TSS-shaped TR
+    /// (type 11), which VM entry requires even though nothing uses it.
+    static func loadFlatSegments(into sregs: inout kvm_sregs, codeSelector: UInt16, codeEntry: Int) {
+        sregs.cs = segment(selector: codeSelector, descriptor: gdt[codeEntry])
         let data = segment(selector: dataSelector, descriptor: gdt[3])
         sregs.ds = data
         sregs.es = data
@@ -81,6 +82,12 @@ public struct LongModeSetup: Sendable {
         tr.present = 1
         tr.limit = 0x67
         sregs.tr = tr
+    }
+
+    /// Puts `sregs` in 32-bit protected mode, paging off: the PVH entry state
+    /// (flat 4 GiB code and data segments).
+    public static func applyProtectedMode(to sregs: inout kvm_sregs) {
+        loadFlatSegments(into: &sregs, codeSelector: code32Selector, codeEntry: 1)
         sregs.cr0 = 0x11                       // ET | PE
         sregs.cr3 = 0
         sregs.cr4 = 0
@@ -89,22 +96,7 @@ public struct LongModeSetup: Sendable {
 
     /// Puts `sregs` in 64-bit mode with paging on and the tables above loaded.
     public static func apply(to sregs: inout kvm_sregs) {
-        let code = segment(selector: codeSelector, descriptor: gdt[2])
-        let data = segment(selector: dataSelector, descriptor: gdt[3])
-        sregs.cs = code
-        sregs.ds = data
-        sregs.es = data
-        sregs.fs = data
-        sregs.gs = data
-        sregs.ss = data
-        sregs.gdt.base = gdtAddress
-        sregs.gdt.limit = UInt16(gdt.count * 8 - 1)
-        // A 64-bit TSS-shaped TR (type 11, busy) keeps VM entry checks happy.
-        var tr = kvm_segment()
-        tr.type = 11
-        tr.present = 1
-        tr.limit = 0x67
-        sregs.tr = tr
+        loadFlatSegments(into: &sregs, codeSelector: codeSelector, codeEntry: 2)
         sregs.cr3 = pml4Address
         sregs.cr4 = 0x20                       // PAE
         sregs.cr0 = 0x8000_0033                // PG | NE | ET | MP | PE

@@ -41,3 +41,32 @@ import Testing
         #expect(r.stdout.contains("reports=[3, 6]"), "stdout: \(r.stdout)")
     }
 }
+
+/// svmm boot on this host's /dev/kvm, whatever it is: the guest need not get
+/// far, svmm must stop it and leave with the documented status.
+@Suite(.enabled(if: FileManager.default.isWritableFile(atPath: "/dev/kvm"), "needs a writable /dev/kvm; without one svmm boot cannot start here"))
+struct BootLifecycleTests {
+    @Test func sigtermStopsEveryVCPUAndExits143() throws {
+        let c = try Conversation(svmmPath, ["boot", "--cpus", "2", "--timeout", "120s",
+                                            "--cmdline", "console=ttyS0 quiet svmm_cmd=\"sleep 1000\""])
+        sleep(2)
+        let sent = Date()
+        c.process.terminate()
+        let status = c.finish()
+        #expect(status == 143, "stderr: \(c.stderr)")
+        #expect(c.stderr.contains("svmm: stopped by signal 15"))
+        #expect(Date().timeIntervalSince(sent) < 60, "the vCPUs did not stop")
+    }
+
+    @Test func badInputIsOneLineAndItsOwnStatus() throws {
+        let notKernel = try runProgram(svmmPath, ["boot", "--kernel", "/etc/hostname"])
+        #expect(notKernel.status == 65)
+        #expect(notKernel.stderr == "svmm: error: /etc/hostname is not a Linux kernel (no bzImage 'HdrS' header and not an ELF vmlinux): pass a bzImage or vmlinux with --kernel\n")
+        let missing = try runProgram(svmmPath, ["boot", "--kernel", "/nonexistent/bzImage"])
+        #expect(missing.status == 66)
+        #expect(missing.stderr == "svmm: error: cannot read kernel /nonexistent/bzImage: No such file or directory\n")
+        let badMemory = try runProgram(svmmPath, ["boot", "--memory", "lots"])
+        #expect(badMemory.status == 64)
+        #expect(badMemory.stderr.hasPrefix("Error: --memory 'lots' is not a size"))
+    }
+}

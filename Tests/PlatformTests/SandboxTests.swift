@@ -37,31 +37,14 @@ import Testing
     /// Buffered output would deadlock here (and fail by the sandbox timeout).
     @Test func outputStreamsInOrderAndStdinReachesTheCommand() throws {
         let script = "echo ready; read x; echo \"got $x\"; i=1; while [ $i -le 300 ]; do echo line$i; i=$((i+1)); done; echo to-stderr >&2; exit 5"
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: repoPath("Scripts/kvm-sandbox"))
-        p.arguments = ["--mode", "sandbox", "--timeout", "240", "--", "sh", "-c", script]
-        p.currentDirectoryURL = repo
-        let out = Pipe(), err = Pipe(), input = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        p.standardInput = input
-        try p.run()
-        var seen = Data()
-        while !String(decoding: seen, as: UTF8.self).contains("ready\n") {
-            let chunk = out.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            seen.append(chunk)
-        }
-        #expect(String(decoding: seen, as: UTF8.self).hasPrefix("ready\n"), "the first line did not arrive while the command waited")
-        input.fileHandleForWriting.write(Data("ping\n".utf8))
-        try input.fileHandleForWriting.close()
-        seen.append(out.fileHandleForReading.readDataToEndOfFile())
-        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        let lines = String(decoding: seen, as: UTF8.self).split(separator: "\n").map(String.init)
-        #expect(p.terminationStatus == 5, "stderr: \(stderr)")
+        let c = try Conversation(repoPath("Scripts/kvm-sandbox"), ["--mode", "sandbox", "--timeout", "240", "--", "sh", "-c", script])
+        #expect(c.waitFor("ready\n", seconds: 200), "the first line did not arrive while the command waited")
+        c.type("ping\n")
+        let status = c.finish()
+        let lines = c.stdout.split(separator: "\n").map(String.init)
+        #expect(status == 5, "stderr: \(c.stderr)")
         #expect(lines == ["ready", "got ping"] + (1...300).map { "line\($0)" })
-        #expect(stderr.contains("to-stderr"))
+        #expect(c.stderr.contains("to-stderr"))
     }
 
     @Test func aCommandThatOutlivesTheTimeoutIsStopped() throws {

@@ -81,6 +81,7 @@ final class Conversation: Sendable {
     private let stdin: FileHandle
     private let output = LockedBox(Data())
     private let errors = LockedBox(Data())
+    private let drained = DispatchGroup()
 
     init(_ path: String, _ arguments: [String]) throws {
         let p = Process()
@@ -95,10 +96,12 @@ final class Conversation: Sendable {
         process = p
         stdin = input.fileHandleForWriting
         for (pipe, box) in [(out, output), (err, errors)] {
-            Thread {
+            drained.enter()
+            Thread { [drained] in
                 while case let chunk = pipe.fileHandleForReading.availableData, !chunk.isEmpty {
                     box.set(box.get() + chunk)
                 }
+                drained.leave()
             }.start()
         }
     }
@@ -123,7 +126,7 @@ final class Conversation: Sendable {
     func finish() -> Int32 {
         try? stdin.close()
         process.waitUntilExit()
-        usleep(200_000)   // let the reader threads take the last bytes
+        drained.wait()    // both pipes read to their end
         return process.terminationStatus
     }
 }
