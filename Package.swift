@@ -13,10 +13,15 @@ let package = Package(
     targets: [
         // The only C in svmm: typed wrappers over the <linux/kvm.h> ioctls.
         .target(name: "CKVM"),
+        // The system zlib, liblzma, liblz4, libzstd and libbz2 (bzImage payloads).
+        .systemLibrary(
+            name: "CCompression",
+            providers: [.apt(["zlib1g-dev", "liblzma-dev", "liblz4-dev", "libzstd-dev", "libbz2-dev"])]
+        ),
         // Swift API over /dev/kvm.
         .target(name: "KVM", dependencies: ["CKVM"]),
         // The x86 board: guest memory, boot state, firmware runner.
-        .target(name: "Machine", dependencies: ["KVM", "CKVM"]),
+        .target(name: "Machine", dependencies: ["KVM", "CKVM", "CCompression"]),
         .executableTarget(
             name: "svmm",
             dependencies: [

@@ -1,3 +1,14 @@
+/// How a bzImage is entered.
+public enum BootProtocol: String, Sendable, CaseIterable {
+    /// PVH when the payload decompresses (on the host) to an ELF with a PVH
+    /// note, else the Linux boot protocol.
+    case auto
+    /// The Linux boot protocol: the kernel decompresses itself in the guest.
+    case linux
+    /// PVH through host decompression, or an error saying why not.
+    case pvh
+}
+
 /// What `svmm boot` was asked to boot.
 public struct BootConfiguration: Sendable {
     public var kernelPath: String
@@ -8,6 +19,7 @@ public struct BootConfiguration: Sendable {
     public var cpus: Int
     public var memoryBytes: UInt64
     public var timeoutSeconds: Double?
+    public var bootProtocol: BootProtocol = .auto
     /// CPUID feature changes (`--cpu-features`), applied to every vCPU.
     public var cpuFeatures: [CPUFeatures.Change] = []
     /// When svmm started (`DispatchTime.now().uptimeNanoseconds`), for the boot marker.

@@ -4,17 +4,31 @@ public struct LinuxLoader {
     public struct EntryState: Sendable {
         public enum Mode: Sendable { case linux64, pvh32 }
         public var mode: Mode
+        /// For a bzImage entered through PVH: the payload's compression.
+        public var decompressed: KernelPayload.Compression?
         public var rip: UInt64
         /// %rsi for the Linux 64-bit entry (the zero page); %rbx for PVH (start info).
         public var bootInfo: UInt64
     }
 
-    /// Loads a bzImage (Linux boot protocol) or an ELF vmlinux (PVH).
+    /// Loads an ELF vmlinux (PVH) or a bzImage: through PVH after
+    /// decompressing its payload on the host (the fast path), or through the
+    /// Linux boot protocol, as `config.bootProtocol` asks.
     public static func load(_ config: BootConfiguration, into memory: GuestMemory) throws -> EntryState {
         if ELFKernel.isELF(config.kernel) {
-            return try loadPVH(config, ELFKernel(path: config.kernelPath, bytes: config.kernel), into: memory)
+            return try loadPVH(config, ELFKernel(path: config.kernelPath, bytes: config.kernel), elf: config.kernel, into: memory)
         }
         let kernel = try BzImage(path: config.kernelPath, bytes: config.kernel)
+        if config.bootProtocol != .linux {
+            switch pvhKernel(inside: kernel) {
+            case let .success((compression, elf, vmlinux)):
+                var entry = try loadPVH(config, vmlinux, elf: elf, into: memory)
+                entry.decompressed = compression
+                return entry
+            case let .failure(reason):
+                if config.bootProtocol == .pvh { throw LoaderError.noPVHPath(path: config.kernelPath, reason: reason.text) }
+            }
+        }
 
         // Command line: the kernel's own limit, and svmm's space for it.
         try writeCommandLine(config, limit: Int(kernel.commandLineSize), into: memory)
@@ -36,14 +50,37 @@ public struct LinuxLoader {
         return EntryState(mode: .linux64, rip: kernel.entry64, bootInfo: Layout.zeroPage)
     }
 
-    static func loadPVH(_ config: BootConfiguration, _ kernel: ELFKernel, into memory: GuestMemory) throws -> EntryState {
+    struct NoPVH: Error { let text: String }
+
+    /// The ELF inside a bzImage's payload, when it has a PVH entry.
+    static func pvhKernel(inside kernel: BzImage) -> Result<(KernelPayload.Compression, [UInt8], ELFKernel), NoPVH> {
+        guard let payload = kernel.payload else { return .failure(NoPVH(text: "its header locates no compressed payload")) }
+        let compression: KernelPayload.Compression, elf: [UInt8]
+        do {
+            (compression, elf) = try KernelPayload.decompress(payload)
+        } catch {
+            switch error {
+            case .noPayload: return .failure(NoPVH(text: "its payload is empty"))
+            case .unknownCompression: return .failure(NoPVH(text: "its payload's compression is unknown"))
+            case .unsupported(let c): return .failure(NoPVH(text: "svmm cannot decompress \(c) payloads"))
+            case .corrupt(let c): return .failure(NoPVH(text: "its \(c) payload does not decompress"))
+            }
+        }
+        do {
+            return .success((compression, elf, try ELFKernel(path: kernel.path, bytes: elf)))
+        } catch {
+            return .failure(NoPVH(text: "its payload is not an ELF kernel with a PVH note"))
+        }
+    }
+
+    static func loadPVH(_ config: BootConfiguration, _ kernel: ELFKernel, elf: [UInt8], into memory: GuestMemory) throws -> EntryState {
         // Linux's own limit (COMMAND_LINE_SIZE on x86) is 2048 bytes.
         try writeCommandLine(config, limit: 2047, into: memory)
         guard memory.contains(kernel.end - 1, count: 1), kernel.end <= memory.regions[0].end else {
             throw LoaderError.memoryTooSmall(needed: kernel.end, available: memory.totalSize)
         }
         for s in kernel.segments {
-            try memory.write(config.kernel[s.fileRange], at: s.physicalAddress)
+            try memory.write(elf[s.fileRange], at: s.physicalAddress)
             let bss = s.memorySize - UInt64(s.fileRange.count)
             if bss > 0 { try memory.fill(0, at: s.physicalAddress + UInt64(s.fileRange.count), count: Int(bss)) }
         }

@@ -14,6 +14,9 @@ public final class LinuxMachine: Sendable {
     let mmio: Bus
     public let serial: Serial16550
     public let bootMarker: BootMarker
+    /// How the kernel is entered (Linux 64-bit entry or PVH, and whether a
+    /// bzImage's payload was decompressed on the host).
+    public let entry: LinuxLoader.EntryState
     let vcpus: [VCPU]
     private let outcome = Mutex<MachineExit?>(nil)
     private let finished = DispatchSemaphore(value: 0)
@@ -37,6 +40,7 @@ public final class LinuxMachine: Sendable {
 
         memory = try GuestMemory(layout: Layout.ramRegions(size: config.memoryBytes))
         let entry = try LinuxLoader.load(config, into: memory)
+        self.entry = entry
         try memory.register(with: vm)
 
         let finish = Self.finisher()

@@ -44,6 +44,9 @@ struct Boot: ParsableCommand {
     @Option(help: "Stop the guest after this long, e.g. 30s, 2m, 500ms (exit 124).")
     var timeout: String?
 
+    @Option(help: "How to enter a bzImage: auto (PVH when its payload decompresses on the host to a PVH kernel, else linux), linux (the kernel decompresses itself), pvh.")
+    var bootProtocol: BootProtocol = .auto
+
     @Option(parsing: .unconditional, help: ArgumentHelp("Add or mask CPU features by /proc/cpuinfo name, e.g. -cx16,+x2apic.",
                                discussion: "Known names: \(CPUFeatures.names.joined(separator: " "))"))
     var cpuFeatures: String?
@@ -89,6 +92,7 @@ struct Boot: ParsableCommand {
             commandLine: cmdline, cpus: cpus, memoryBytes: Sizes.bytes(memory)!,
             timeoutSeconds: timeout.flatMap(Sizes.seconds))
         config.startTime = started
+        config.bootProtocol = bootProtocol
         do { config.cpuFeatures = try cpuFeatures.map { try CPUFeatures.parse($0) } ?? [] } catch { fail("\(error)", .usage) }
         let reportBootTime = bootTime
 
@@ -113,6 +117,14 @@ struct Boot: ParsableCommand {
     func run() throws {
         let started = DispatchTime.now().uptimeNanoseconds
         let machine = makeMachine(started: started)
+        if bootTime {
+            let how = switch (machine.entry.mode, machine.entry.decompressed) {
+            case (.pvh32, .some(let c)): "PVH, \(c) payload decompressed on the host"
+            case (.pvh32, nil): "PVH"
+            case (.linux64, _): "the Linux boot protocol's 64-bit entry"
+            }
+            FileHandleOutput.stderr("svmm: entering the kernel through \(how)\n")
+        }
 
         // Console input: stdin → COM1.
         Terminal.enterRawMode()
@@ -220,3 +232,5 @@ extension Thread {
     }
 }
 enum Thread {}
+
+extension BootProtocol: ExpressibleByArgument {}

@@ -10,9 +10,11 @@ enum SyntheticKernel {
     ///   - xloadflags: bit 0 = 64-bit entry present.
     static func bzImage(code: [UInt8] = [0xF4], version: UInt16 = 0x020F, xloadflags: UInt16 = 1,
                         commandLineSize: UInt32 = 2047, initrdAddressMax: UInt32 = 0x7FFF_FFFF,
-                        initSize: UInt32 = 0x10_0000) -> [UInt8] {
+                        initSize: UInt32 = 0x10_0000, payload: [UInt8]? = nil) -> [UInt8] {
         let setupSectors = 1
         var kernel = [UInt8](repeating: 0x90, count: 0x200) + code
+        let payloadOffset = kernel.count
+        if let payload { kernel += payload }
         while kernel.count % 16 != 0 { kernel.append(0) }
         var image = [UInt8](repeating: 0, count: (setupSectors + 1) * 512)
         func put(_ v: UInt64, _ n: Int, at o: Int) { for i in 0..<n { image[o + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
@@ -31,6 +33,10 @@ enum SyntheticKernel {
         put(UInt64(commandLineSize), 4, at: 0x238)
         put(0x100_0000, 8, at: 0x258)                          // pref_address
         put(UInt64(initSize), 4, at: 0x260)
+        if let payload {
+            put(UInt64(payloadOffset), 4, at: 0x248)
+            put(UInt64(payload.count), 4, at: 0x24C)
+        }
         return image + kernel
     }
 

@@ -27,6 +27,7 @@ struct BootCase {
 
     static let cases: [(name: String, args: String)] = [
         ("bz-1cpu-256M", "--cpus 1 --memory 256M --boot-time --exit-stats"),
+        ("bz-linux-2cpu-256M", "--boot-protocol linux --boot-time --cpus 2 --memory 256M"),
         ("bz-2cpu-256M", "--cpus 2 --memory 256M"),
         ("bz-4cpu-256M", "--cpus 4 --memory 256M"),
         ("bz-1cpu-4G", "--cpus 1 --memory 4G"),
@@ -63,7 +64,7 @@ struct BootCase {
         return try #require(all[name], "case \(name) did not run")
     }
 
-    @Test(arguments: ["bz-1cpu-256M", "bz-2cpu-256M", "bz-4cpu-256M", "elf-1cpu-256M", "elf-4cpu-256M"])
+    @Test(arguments: ["bz-1cpu-256M", "bz-linux-2cpu-256M", "bz-2cpu-256M", "bz-4cpu-256M", "elf-1cpu-256M", "elf-4cpu-256M"])
     func bootsToTheMarkerWithEveryVCPUOnline(name: String) throws {
         let c = try boot(name)
         #expect(c.status == 0, "\(name): \(c.output)")
@@ -88,6 +89,13 @@ struct BootCase {
     @Test func bootMarkerTimeIsReported() throws {
         let c = try boot("bz-1cpu-256M")
         #expect(c.output.contains("svmm: boot marker reached after "), "\(c.output)")
+    }
+
+    /// auto takes the fast path (the cloud kernel's lz4 payload decompressed
+    /// on the host, PVH entry); --boot-protocol linux lets the kernel do it.
+    @Test func bothBootProtocolsAreTaken() throws {
+        #expect(try boot("bz-1cpu-256M").output.contains("svmm: entering the kernel through PVH, lz4 payload decompressed on the host"))
+        #expect(try boot("bz-linux-2cpu-256M").output.contains("svmm: entering the kernel through the Linux boot protocol's 64-bit entry"))
     }
 
     @Test func exitsToUserspaceAreCountedByPort() throws {

@@ -59,6 +59,16 @@ public struct BzImage: Sendable {
     /// The 64-bit entry point (boot protocol: load address + 0x200).
     public var entry64: UInt64 { loadAddress + 0x200 }
 
+    /// The compressed kernel (protocol 2.08+), if the header locates one
+    /// inside the protected-mode part.
+    public var payload: ArraySlice<UInt8>? {
+        guard protocolVersion >= 0x208, payloadLength > 0 else { return nil }
+        let start = protectedModeKernel.startIndex + Int(payloadOffset)
+        let end = start + Int(payloadLength)
+        guard end <= protectedModeKernel.endIndex else { return nil }
+        return protectedModeKernel[start..<end]
+    }
+
     /// Bytes of RAM the kernel occupies from its load address while booting.
     public var footprint: UInt64 { max(UInt64(initSize), UInt64(protectedModeKernel.count)) }
 }

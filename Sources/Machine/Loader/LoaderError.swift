@@ -9,6 +9,7 @@ public enum LoaderError: Error, CustomStringConvertible, Equatable, Sendable {
     case initrdTooLarge(path: String, size: Int, room: UInt64)
     case memoryTooSmall(needed: UInt64, available: UInt64)
     case noPVHNote(path: String)
+    case noPVHPath(path: String, reason: String)
 
     public var description: String {
         switch self {
@@ -26,6 +27,8 @@ public enum LoaderError: Error, CustomStringConvertible, Equatable, Sendable {
             return "\(p) (\(size >> 20) MiB) does not fit in the \(room >> 20) MiB of RAM the kernel can address for an initrd: raise --memory or shrink the initrd"
         case let .memoryTooSmall(needed, available):
             return "guest RAM of \(available >> 20) MiB is too small for the kernel and initrd (\(needed >> 20) MiB needed): raise --memory"
+        case let .noPVHPath(p, reason):
+            return "\(p) cannot be booted through PVH: \(reason); use --boot-protocol linux or auto"
         case .noPVHNote(let p):
             return "\(p) is an ELF kernel without a PVH entry note: build with CONFIG_PVH=y or boot the bzImage"
         }

@@ -1,0 +1,118 @@
+import CCompression
+
+/// The compressed kernel inside a bzImage (boot protocol 2.08+:
+/// payload_offset/payload_length), decompressed on the host with the system
+/// libraries so svmm can enter the ELF inside through PVH and skip the
+/// guest's own decompressor.
+public enum KernelPayload {
+    public enum Compression: String, Sendable, CaseIterable {
+        case gzip, xz, bzip2, lzma, lzo, lz4, zstd
+    }
+
+    /// Compressions by magic (arch/x86/boot/compressed/Makefile's choices).
+    public static func detect(_ b: ArraySlice<UInt8>) -> Compression? {
+        func starts(_ magic: [UInt8]) -> Bool { b.count >= magic.count && Array(b.prefix(magic.count)) == magic }
+        if starts([0x1F, 0x8B]) { return .gzip }
+        if starts([0xFD, 0x37, 0x7A, 0x58, 0x5A, 0x00]) { return .xz }
+        if starts([0x42, 0x5A, 0x68]) { return .bzip2 }
+        if starts([0x5D, 0x00, 0x00]) { return .lzma }
+        if starts([0x89, 0x4C, 0x5A, 0x4F]) { return .lzo }
+        if starts([0x02, 0x21, 0x4C, 0x18]) { return .lz4 }
+        if starts([0x28, 0xB5, 0x2F, 0xFD]) { return .zstd }
+        return nil
+    }
+
+    public enum Failure: Error, Equatable, Sendable {
+        case noPayload
+        case unknownCompression
+        case unsupported(Compression)
+        case corrupt(Compression)
+    }
+
+    /// Decompresses a payload. Linux's build appends the uncompressed size as
+    /// 4 little-endian bytes after every stream (gzip's own trailer ends with
+    /// the same number), which sizes the output buffer.
+    public static func decompress(_ payload: ArraySlice<UInt8>) throws(Failure) -> (Compression, [UInt8]) {
+        guard payload.count > 8 else { throw .noPayload }
+        guard let kind = detect(payload) else { throw .unknownCompression }
+        let tail = payload.suffix(4).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        guard tail > 0, tail <= 1 << 30 else { throw .corrupt(kind) }
+        let input = Array(kind == .gzip ? payload : payload.dropLast(4))
+        var out = [UInt8](repeating: 0, count: tail)
+        let produced: Int? = input.withUnsafeBufferPointer { src in
+            out.withUnsafeMutableBufferPointer { dst in
+                switch kind {
+                case .gzip: return inflate(src, dst)
+                case .xz, .lzma: return unxz(src, dst, alone: kind == .lzma)
+                case .bzip2: return bunzip2(src, dst)
+                case .lz4: return unlz4Legacy(src, dst)
+                case .zstd: return unzstd(src, dst)
+                case .lzo: return nil
+                }
+            }
+        }
+        if kind == .lzo { throw .unsupported(.lzo) }
+        guard let produced, produced == tail else { throw .corrupt(kind) }
+        return (kind, out)
+    }
+
+    typealias Source = UnsafeBufferPointer<UInt8>
+    typealias Destination = UnsafeMutableBufferPointer<UInt8>
+
+    static func inflate(_ src: Source, _ dst: Destination) -> Int? {
+        var s = z_stream()
+        // inflateInit2 is a macro; 16 + MAX_WBITS selects the gzip wrapper.
+        guard inflateInit2_(&s, 16 + 15, zlibVersion(), Int32(MemoryLayout<z_stream>.size)) == Z_OK else { return nil }
+        defer { inflateEnd(&s) }
+        s.next_in = UnsafeMutablePointer(mutating: src.baseAddress)
+        s.avail_in = UInt32(src.count)
+        s.next_out = dst.baseAddress
+        s.avail_out = UInt32(dst.count)
+        return CCompression.inflate(&s, Z_FINISH) == Z_STREAM_END ? Int(s.total_out) : nil
+    }
+
+    static func unxz(_ src: Source, _ dst: Destination, alone: Bool) -> Int? {
+        var s = lzma_stream()
+        let r = alone ? lzma_alone_decoder(&s, UInt64.max) : lzma_stream_decoder(&s, UInt64.max, 0)
+        guard r == LZMA_OK else { return nil }
+        defer { lzma_end(&s) }
+        s.next_in = src.baseAddress
+        s.avail_in = src.count
+        s.next_out = dst.baseAddress
+        s.avail_out = dst.count
+        let end = lzma_code(&s, LZMA_FINISH)
+        return end == LZMA_STREAM_END || (alone && end == LZMA_OK && s.avail_out == 0) ? Int(s.total_out) : nil
+    }
+
+    static func bunzip2(_ src: Source, _ dst: Destination) -> Int? {
+        var length = UInt32(dst.count)
+        let r = BZ2_bzBuffToBuffDecompress(UnsafeMutableRawPointer(dst.baseAddress!).assumingMemoryBound(to: CChar.self), &length,
+                                           UnsafeMutableRawPointer(mutating: src.baseAddress!).assumingMemoryBound(to: CChar.self),
+                                           UInt32(src.count), 0, 0)
+        return r == BZ_OK ? Int(length) : nil
+    }
+
+    /// The lz4 "legacy" frame the kernel uses: magic, then blocks of
+    /// (compressed size, data), each up to 8 MiB decompressed.
+    static func unlz4Legacy(_ src: Source, _ dst: Destination) -> Int? {
+        var p = 4, produced = 0
+        while p + 4 <= src.count {
+            let size = Int(src[p]) | Int(src[p + 1]) << 8 | Int(src[p + 2]) << 16 | Int(src[p + 3]) << 24
+            if size == 0x184C_2102 { p += 4; continue }          // another frame's magic
+            p += 4
+            guard size > 0, p + size <= src.count, produced < dst.count else { return nil }
+            let n = LZ4_decompress_safe(UnsafeRawPointer(src.baseAddress! + p).assumingMemoryBound(to: CChar.self),
+                                        UnsafeMutableRawPointer(dst.baseAddress! + produced).assumingMemoryBound(to: CChar.self),
+                                        Int32(size), Int32(dst.count - produced))
+            guard n > 0 else { return nil }
+            produced += Int(n)
+            p += size
+        }
+        return produced
+    }
+
+    static func unzstd(_ src: Source, _ dst: Destination) -> Int? {
+        let n = ZSTD_decompress(dst.baseAddress, dst.count, src.baseAddress, src.count)
+        return ZSTD_isError(n) != 0 ? nil : n
+    }
+}
