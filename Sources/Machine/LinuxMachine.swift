@@ -19,6 +19,9 @@ public final class LinuxMachine: Sendable {
     public let entry: LinuxLoader.EntryState
     let vcpus: [VCPU]
     private let outcome = Mutex<MachineExit?>(nil)
+    /// Set with the outcome; the one thing every vCPU loop reads per exit,
+    /// so it is an atomic, not the outcome's lock.
+    private let ended = Atomic<Bool>(false)
     private let finished = DispatchSemaphore(value: 0)
 
     /// Builds the machine and loads the kernel; nothing runs yet.
@@ -68,7 +71,7 @@ public final class LinuxMachine: Sendable {
             let vcpu = try vm.createVCPU(id: id)
             try vcpu.setCPUID(CPUFeatures.apply(config.cpuFeatures, to: cpuid.entries(forCPU: id), supported: supported))
             try Self.resetFPUAndLAPIC(vcpu)
-            if id == 0 { try Self.enterLongMode(vcpu, entry: entry) }
+            if id == 0 { try Self.setEntryState(vcpu, entry: entry) }
             vcpus.append(vcpu)
         }
         self.vcpus = vcpus
@@ -99,7 +102,9 @@ public final class LinuxMachine: Sendable {
         }
     }
 
-    static func enterLongMode(_ vcpu: VCPU, entry: LinuxLoader.EntryState) throws {
+    /// The boot CPU's registers at the kernel's entry: 64-bit mode for the
+    /// Linux boot protocol, 32-bit protected mode for PVH.
+    static func setEntryState(_ vcpu: VCPU, entry: LinuxLoader.EntryState) throws {
         var sregs = try vcpu.getSpecialRegisters()
         var regs = kvm_regs()
         switch entry.mode {
@@ -124,6 +129,7 @@ public final class LinuxMachine: Sendable {
             o = exit
             return true
         }
+        ended.store(true, ordering: .releasing)
         if first { finished.signal() }
     }
 
@@ -144,7 +150,8 @@ public final class LinuxMachine: Sendable {
         if result == .timedOut { finish(.timeout) }
         for r in runners { r.stop() }
         for r in runners { r.join() }
-        stoppedAt = vcpus.map { try? $0.getRegisters().rip }
+        let rips = vcpus.map { try? $0.getRegisters().rip }
+        stopped.withLock { $0 = rips }
         return outcome.withLock { $0 } ?? .hostError("no outcome")
     }
 
@@ -152,7 +159,8 @@ public final class LinuxMachine: Sendable {
     public let exitCounters = Mutex(ExitCounters())
 
     /// Each vCPU's RIP once `run()` has stopped them (for timeout reports).
-    nonisolated(unsafe) public private(set) var stoppedAt: [UInt64?] = []
+    public var stoppedAt: [UInt64?] { stopped.withLock { $0 } }
+    private let stopped = Mutex<[UInt64?]>([])
 
     /// Ends the run from outside (SIGINT/SIGTERM).
     public func stop(_ exit: MachineExit) { finish(exit) }
@@ -162,7 +170,7 @@ public final class LinuxMachine: Sendable {
     func runLoop(_ vcpu: VCPU) {
         var counters = ExitCounters()
         defer { let c = counters; exitCounters.withLock { $0.merge(c) } }
-        while outcome.withLock({ $0 }) == nil {
+        while !ended.load(ordering: .acquiring) {
             let exit: VCPUExit
             do { exit = try vcpu.run() } catch {
                 finish(.hostError("\(error)"))
