@@ -41,11 +41,15 @@ struct BootCase {
     ]
 
     static let results: Result<[String: BootCase], Error> = Result {
-        var script = "svmm=\(svmmPath)\n"
+        // svmm's own stderr lines are kept apart from the console: they are
+        // written while the guest's serial output is still in flight and
+        // would land in the middle of its lines.
+        var script = "svmm=\(svmmPath); err=$(mktemp)\n"
         for c in cases {
             let args = c.args.contains("--cmdline") ? c.args : c.args + " --cmdline '\(quiet)'"
             let timeout = c.args.contains("--timeout") ? "" : " --timeout 240s"
-            script += "echo '=== CASE \(c.name)'; $svmm boot \(args)\(timeout) </dev/null 2>&1; echo \"=== END \(c.name) rc=$?\"\n"
+            script += "echo '=== CASE \(c.name)'; $svmm boot \(args)\(timeout) </dev/null 2>$err; rc=$?; "
+                + "echo; echo '=== STDERR'; cat $err; echo \"=== END \(c.name) rc=$rc\"\n"
         }
         let r = try sandbox(["--timeout", "1800", "--", "sh", "-c", script])
         var found: [String: BootCase] = [:]
