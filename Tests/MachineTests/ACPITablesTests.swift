@@ -28,9 +28,7 @@ import Testing
     }
 
     func disassemble(_ name: String, _ bytes: [UInt8]) throws -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("svmm-acpi-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
+        try withTemporaryDirectory("svmm-acpi") { dir in
         let file = dir.appendingPathComponent("\(name).dat")
         try Data(bytes).write(to: file)
         let p = Process()
@@ -46,6 +44,7 @@ import Testing
         #expect(p.terminationStatus == 0, "iasl: \(log)")
         #expect(!log.contains("Error"), "iasl: \(log)")
         return try String(contentsOf: dir.appendingPathComponent("\(name).dsl"), encoding: .utf8)
+    }
     }
 
     @Test func everyTableHasAValidChecksum() throws {

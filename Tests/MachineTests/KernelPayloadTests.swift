@@ -8,9 +8,7 @@ import Testing
 @Suite struct KernelPayloadTests {
     /// Compresses `data` with a command reading stdin, as arch/x86/boot/compressed does.
     func compress(_ data: [UInt8], _ command: [String], appendSize: Bool = true) throws -> [UInt8] {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("svmm-payload-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
+        try withTemporaryDirectory("svmm-payload") { dir in
         let input = dir.appendingPathComponent("in")
         try Data(data).write(to: input)
         let p = Process()
@@ -24,6 +22,7 @@ import Testing
         p.waitUntilExit()
         #expect(p.terminationStatus == 0, "\(command) failed")
         return [UInt8](compressed) + (appendSize ? le(UInt64(data.count), 4) : [])
+    }
     }
 
     static let tools: [(KernelPayload.Compression, [String], Bool)] = [
