@@ -9,6 +9,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // The only C in svmm: typed wrappers over the <linux/kvm.h> ioctls.
@@ -20,8 +21,11 @@ let package = Package(
         ),
         // Swift API over /dev/kvm.
         .target(name: "KVM", dependencies: ["CKVM"]),
-        // The x86 board: guest memory, boot state, firmware runner.
-        .target(name: "Machine", dependencies: ["KVM", "CKVM", "CCompression"]),
+        // The x86 board: guest memory, boot state, devices, firmware runner, exit telemetry.
+        .target(
+            name: "Machine",
+            dependencies: ["KVM", "CKVM", "CCompression", .product(name: "Histogram", package: "hdrhistogram-swift")]
+        ),
         .executableTarget(
             name: "svmm",
             dependencies: [

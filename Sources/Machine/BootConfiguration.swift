@@ -24,6 +24,11 @@ public struct BootConfiguration: Sendable {
     public var cpuFeatures: [CPUFeatures.Change] = []
     /// When svmm started (`DispatchTime.now().uptimeNanoseconds`), for the boot marker.
     public var startTime: UInt64 = 0
+    /// Measure exit-handling latency and guest/svmm time (two clock reads
+    /// per exit). Exit counts are kept either way.
+    public var exitTiming = false
+    /// Open KVM's binary statistics for the VM and every vCPU.
+    public var kvmStatistics = false
 
     public static let defaultCommandLine = "console=ttyS0 panic=-1"
 

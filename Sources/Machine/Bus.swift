@@ -13,15 +13,23 @@ public struct Bus: Sendable {
     struct Entry: Sendable {
         let range: ClosedRange<UInt64>
         let device: any BusDevice
+        let name: String
     }
     private var entries: [Entry] = []
 
     public init() {}
 
-    public mutating func register(_ device: any BusDevice, _ range: ClosedRange<UInt64>) {
+    /// Adds `device` at `range`; `name` (the type's name by default) is how
+    /// exit telemetry attributes accesses to it.
+    public mutating func register(_ device: any BusDevice, _ range: ClosedRange<UInt64>, name: String? = nil) {
         precondition(!entries.contains { $0.range.overlaps(range) }, "bus ranges overlap")
-        entries.append(Entry(range: range, device: device))
+        entries.append(Entry(range: range, device: device, name: name ?? String(describing: type(of: device))))
         entries.sort { $0.range.lowerBound < $1.range.lowerBound }
+    }
+
+    /// Every device's range and name, for attributing exits.
+    public func deviceRanges(bus: String) -> [DeviceRange] {
+        entries.map { DeviceRange(bus: bus, first: $0.range.lowerBound, last: $0.range.upperBound, name: $0.name) }
     }
 
     public func device(at address: UInt64) -> (any BusDevice)? {

@@ -44,20 +44,43 @@ public struct FirmwareRunner: Sendable {
         public var nanoseconds: UInt64 = 0
         /// Guest RIP when it stopped, where it could be read.
         public var rip: UInt64?
+        /// The vCPU's exit telemetry at the end.
+        public var telemetry: TelemetrySample?
     }
+
+    /// Told when the program starts and after it stopped (telemetry output).
+    public protocol Observer {
+        func started(telemetry: [VCPUTelemetry], vmStats: KVMStats?, devices: [DeviceRange])
+        func finished()
+    }
+
+    /// The runner's own ports, named for exit attribution.
+    public static let devices = [
+        DeviceRange(bus: "io", first: UInt64(consolePort), last: UInt64(consolePort), name: "firmware-console"),
+        DeviceRange(bus: "io", first: UInt64(exitPort), last: UInt64(reportPort), name: "firmware-control"),
+    ]
 
     public var memorySize: UInt64 = 4 << 20
     public var timeoutSeconds: Double = 10
+    /// Measure exit latencies and open KVM's statistics.
+    public var telemetry = false
+    /// An in-kernel irqchip (local APIC): for programs that take interrupts,
+    /// such as the HLT benchmark's timer. Without it HLT exits to svmm and
+    /// ends the program.
+    public var irqchip = false
 
-    public init(memorySize: UInt64 = 4 << 20, timeoutSeconds: Double = 10) {
+    public init(memorySize: UInt64 = 4 << 20, timeoutSeconds: Double = 10, telemetry: Bool = false, irqchip: Bool = false) {
         self.memorySize = memorySize
         self.timeoutSeconds = timeoutSeconds
+        self.telemetry = telemetry
+        self.irqchip = irqchip
     }
 
-    public func run(image: [UInt8], argument: UInt64 = 0, kvmPath: String = "/dev/kvm") throws -> Result {
+    public func run(image: [UInt8], argument: UInt64 = 0, kvmPath: String = "/dev/kvm", observer: (any Observer)? = nil) throws -> Result {
         let hypervisor = try Hypervisor(path: kvmPath)
         let vm = try hypervisor.createVM()
         try? vm.setTSSAddress(0xFFFB_D000)
+        if irqchip { try vm.createIRQChip() }
         let memory = try GuestMemory(size: memorySize)
         try memory.register(with: vm)
         guard UInt64(image.count) <= memorySize - Self.loadAddress else {
@@ -76,6 +99,11 @@ public struct FirmwareRunner: Sendable {
         regs.rflags = 0x2
         regs.rdi = argument
         try vcpu.setRegisters(regs)
+        if irqchip {
+            try vcpu.setCPUID(CPUIDPolicy(supported: try hypervisor.supportedCPUID(), cpus: 1).entries(forCPU: 0))
+        }
+        let telemetry = VCPUTelemetry(vcpu: 0, timing: self.telemetry, kvmStats: self.telemetry ? try? vcpu.stats() : nil)
+        observer?.started(telemetry: [telemetry], vmStats: self.telemetry ? try? vm.stats() : nil, devices: Self.devices)
 
         // A watchdog kicks the vCPU out of KVM_RUN if the program overruns.
         let kick = VCPUKick(vcpu: vcpu)
@@ -86,7 +114,9 @@ public struct FirmwareRunner: Sendable {
         var result = Result(outcome: .timedOut)
         let start = DispatchTime.now().uptimeNanoseconds
         loop: while true {
+            telemetry.willEnter()
             let exit = try vcpu.run()
+            telemetry.didExit(exit)
             result.exits += 1
             switch exit {
             case let .io(port, isWrite, size, _, data):
@@ -131,6 +161,8 @@ public struct FirmwareRunner: Sendable {
         }
         result.nanoseconds = DispatchTime.now().uptimeNanoseconds - start
         result.rip = try? vcpu.getRegisters().rip
+        result.telemetry = telemetry.sample()
+        observer?.finished()
         return result
     }
 

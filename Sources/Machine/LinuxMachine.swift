@@ -52,15 +52,15 @@ public final class LinuxMachine: Sendable {
         })
         var pio = Bus(), mmio = Bus()
         func ports(_ first: UInt16, _ last: UInt16) -> ClosedRange<UInt64> { UInt64(first)...UInt64(last) }
-        pio.register(serial, ports(Serial16550.com1Base, Serial16550.com1Base + 7))
+        pio.register(serial, ports(Serial16550.com1Base, Serial16550.com1Base + 7), name: "serial-com1")
         let power = PowerControl { request in finish.value?(request == .powerOff ? .powerOff : .reset) }
-        pio.register(power, ports(ACPITables.sleepControlPort, ACPITables.resetPort))
-        pio.register(power, ports(PowerControl.i8042Command, PowerControl.i8042Command))
-        pio.register(CMOSClock(), ports(CMOSClock.indexPort, CMOSClock.dataPort))
-        pio.register(PCIHostBridge(), ports(PCIHostBridge.addressPort, PCIHostBridge.dataPort + 3))
-        pio.register(PanicDevice { finish.value?(.panic) }, ports(PanicDevice.port, PanicDevice.port))
+        pio.register(power, ports(ACPITables.sleepControlPort, ACPITables.resetPort), name: "acpi-power")
+        pio.register(power, ports(PowerControl.i8042Command, PowerControl.i8042Command), name: "i8042")
+        pio.register(CMOSClock(), ports(CMOSClock.indexPort, CMOSClock.dataPort), name: "cmos-rtc")
+        pio.register(PCIHostBridge(), ports(PCIHostBridge.addressPort, PCIHostBridge.dataPort + 3), name: "pci-config")
+        pio.register(PanicDevice { finish.value?(.panic) }, ports(PanicDevice.port, PanicDevice.port), name: "pvpanic")
         bootMarker = BootMarker(start: config.startTime, onReached: onBootMarker)
-        mmio.register(bootMarker, BootMarker.address...BootMarker.address)
+        mmio.register(bootMarker, BootMarker.address...BootMarker.address, name: "boot-marker")
         self.pio = pio
         self.mmio = mmio
 
@@ -75,6 +75,8 @@ public final class LinuxMachine: Sendable {
             vcpus.append(vcpu)
         }
         self.vcpus = vcpus
+        telemetry = vcpus.map { VCPUTelemetry(vcpu: $0.id, timing: config.exitTiming, kvmStats: config.kvmStatistics ? try? $0.stats() : nil) }
+        vmStats = config.kvmStatistics ? try? vm.stats() : nil
         finish.value = { [weak self] exit in self?.finish(exit) }
     }
 
@@ -155,8 +157,13 @@ public final class LinuxMachine: Sendable {
         return outcome.withLock { $0 } ?? .hostError("no outcome")
     }
 
-    /// Exits to userspace of all vCPUs, complete once `run()` returned.
-    public let exitCounters = Mutex(ExitCounters())
+    /// Exit telemetry, one per vCPU (counters readable at any time).
+    public let telemetry: [VCPUTelemetry]
+    /// KVM's statistics for the VM, when `config.kvmStatistics` asked for them.
+    public let vmStats: KVMStats?
+
+    /// The devices on both buses, for attributing exits to them.
+    public var deviceRanges: [DeviceRange] { pio.deviceRanges(bus: "io") + mmio.deviceRanges(bus: "mmio") }
 
     /// Each vCPU's RIP once `run()` has stopped them (for timeout reports).
     public var stoppedAt: [UInt64?] { stopped.withLock { $0 } }
@@ -168,44 +175,38 @@ public final class LinuxMachine: Sendable {
     /// The exit loop of one vCPU: one switch over exit reasons, each arm a
     /// call into the bus or a verdict (kvmtool's kvm_cpu__start, in Swift).
     func runLoop(_ vcpu: VCPU) {
-        var counters = ExitCounters()
-        defer { let c = counters; exitCounters.withLock { $0.merge(c) } }
+        let telemetry = telemetry[vcpu.id]
         while !ended.load(ordering: .acquiring) {
             let exit: VCPUExit
+            telemetry.willEnter()
             do { exit = try vcpu.run() } catch {
                 finish(.hostError("\(error)"))
                 return
             }
+            telemetry.didExit(exit)
             switch exit {
             case let .io(port, isWrite, size, count, data):
-                counters.count(port: port)
                 for i in 0..<count {
                     let slice = UnsafeMutableRawBufferPointer(rebasing: data[(i * size)..<((i + 1) * size)])
                     pio.access(UInt64(port), isWrite: isWrite, data: slice)
                 }
             case let .mmio(address, isWrite, data):
-                counters.count(mmio: address)
                 mmio.access(address, isWrite: isWrite, data: data)
             case .halt, .interrupted:
-                counters.count(.interrupted)
+                break
             case .shutdown:
-                counters.count(.shutdown)
                 finish(.tripleFault(cpu: vcpu.id, rip: try? vcpu.getRegisters().rip))
             case let .systemEvent(type):
-                counters.count(.systemEvent)
                 switch Int32(type) {
                 case KVM_SYSTEM_EVENT_SHUTDOWN: finish(.powerOff)
                 case KVM_SYSTEM_EVENT_RESET: finish(.reset)
                 default: finish(.internalError(cpu: vcpu.id, detail: "system event \(type)"))
                 }
             case let .internalError(suberror, data):
-                counters.count(.internalError)
                 finish(.internalError(cpu: vcpu.id, detail: describeInternalError(vcpu, suberror: suberror, data: data)))
             case let .failEntry(reason):
-                counters.count(.other)
                 finish(.internalError(cpu: vcpu.id, detail: "VM entry failed, hardware reason 0x\(String(reason, radix: 16))"))
             case let .other(reason):
-                counters.count(.other)
                 finish(.internalError(cpu: vcpu.id, detail: "unhandled exit reason \(reason)"))
             }
         }

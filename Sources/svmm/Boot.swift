@@ -18,11 +18,13 @@ struct Boot: ParsableCommand {
               svmm boot
               svmm boot --kernel bzImage --initrd initrd.gz --cmdline "console=ttyS0 quiet"
               svmm boot --kernel bzImage --memory 1G --timeout 30s
+              svmm boot --cpus 2 --stats run.jsonl --stats-summary
 
             Exit status: 0 guest powered off, 10 guest rebooted, 11 guest panicked
             (pvpanic), 12 triple fault,
             65 not a bootable kernel/initrd, 66 file unreadable, 69 no usable
-            /dev/kvm, 70 KVM internal error, 124 --timeout, 130/143 SIGINT/SIGTERM.
+            /dev/kvm, 70 KVM internal error, 73 --stats/--stats-listen cannot be
+            created, 124 --timeout, 130/143 SIGINT/SIGTERM.
             """
     )
 
@@ -70,6 +72,9 @@ struct Boot: ParsableCommand {
     @Flag(help: "Print on stderr how many exits to userspace the guest caused, by reason, port and MMIO address.")
     var exitStats = false
 
+    @OptionGroup(title: "Exit telemetry")
+    var telemetry: TelemetryOptions
+
     /// Reads the files and builds the machine. The file bytes are locals
     /// here, so they are freed once the kernel and initrd are in guest RAM.
     func makeMachine(started: UInt64) -> LinuxMachine {
@@ -92,6 +97,8 @@ struct Boot: ParsableCommand {
             commandLine: cmdline, cpus: cpus, memoryBytes: Sizes.bytes(memory)!,
             timeoutSeconds: timeout.flatMap(Sizes.seconds))
         config.startTime = started
+        config.exitTiming = telemetry.enabled
+        config.kvmStatistics = telemetry.enabled
         config.bootProtocol = bootProtocol
         do { config.cpuFeatures = try cpuFeatures.map { try CPUFeatures.parse($0) } ?? [] } catch { fail("\(error)", .usage) }
         let reportBootTime = bootTime
@@ -116,7 +123,13 @@ struct Boot: ParsableCommand {
 
     func run() throws {
         let started = DispatchTime.now().uptimeNanoseconds
+        let statsOutput = telemetry.openOutput()
         let machine = makeMachine(started: started)
+        let session = telemetry.enabled
+            ? TelemetrySession(options: telemetry, output: statsOutput, telemetry: machine.telemetry,
+                               vmStats: machine.vmStats, devices: machine.deviceRanges)
+            : nil
+        session?.start()
         if bootTime {
             let how = switch (machine.entry.mode, machine.entry.decompressed) {
             case (.pvh32, .some(let c)): "PVH, \(c) payload decompressed on the host"
@@ -154,7 +167,8 @@ struct Boot: ParsableCommand {
         let outcome: MachineExit
         do { outcome = try machine.run() } catch { fail("\(error)", .failure) }
         Terminal.restore()
-        if exitStats { FileHandleOutput.stderr("svmm: " + machine.exitCounters.withLock { $0.summary } + "\n") }
+        session?.finish()
+        if exitStats { FileHandleOutput.stderr("svmm: " + StatsSummary.oneLine(machine.telemetry.map { $0.sample() }) + "\n") }
         switch outcome {
         case .powerOff:
             return

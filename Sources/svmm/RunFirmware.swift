@@ -1,4 +1,5 @@
 import ArgumentParser
+import KVM
 import Machine
 
 struct RunFirmware: ParsableCommand {
@@ -13,10 +14,12 @@ struct RunFirmware: ParsableCommand {
             Examples:
               svmm firmware loop --arg 1000000      # guest instruction speed
               svmm firmware outloop --arg 100000    # cost of one port-I/O exit
+              svmm firmware mmioread --arg 1000 --stats-summary
+              svmm firmware hltloop --arg 1000 --irqchip   # needs interrupt delivery
             """
     )
 
-    @Argument(help: "A name in Firmware/build (probe, loop, outloop) or a path.")
+    @Argument(help: "A name in Firmware/build (probe, loop, outloop, inloop, mmiowrite, mmioread, cpuidloop, msrloop, hltloop, mixed) or a path.")
     var program: String
 
     @Option(help: "Value passed in rdi (the loop count for loop and outloop).")
@@ -28,11 +31,35 @@ struct RunFirmware: ParsableCommand {
     @Option(help: "Path of the KVM device.")
     var device: String = "/dev/kvm"
 
+    @Flag(help: "Give the VM an in-kernel irqchip (local APIC), for programs that take interrupts (hltloop).")
+    var irqchip = false
+
+    @OptionGroup(title: "Exit telemetry")
+    var telemetry: TelemetryOptions
+
+    /// Starts and ends the telemetry session around the program's run.
+    final class Observer: FirmwareRunner.Observer {
+        let options: TelemetryOptions
+        let output: Int32?
+        var session: TelemetrySession?
+        init(options: TelemetryOptions, output: Int32?) {
+            self.options = options
+            self.output = output
+        }
+        func started(telemetry: [VCPUTelemetry], vmStats: KVMStats?, devices: [DeviceRange]) {
+            session = TelemetrySession(options: options, output: output, telemetry: telemetry, vmStats: vmStats, devices: devices)
+            session?.start()
+        }
+        func finished() { session?.finish() }
+    }
+
     func run() throws {
         let image = FirmwareLocation.load(program)
         let result: FirmwareRunner.Result
+        let observer = telemetry.enabled ? Observer(options: telemetry, output: telemetry.openOutput()) : nil
         do {
-            result = try FirmwareRunner(timeoutSeconds: timeout).run(image: image, argument: arg, kvmPath: device)
+            let runner = FirmwareRunner(timeoutSeconds: timeout, telemetry: telemetry.enabled, irqchip: irqchip)
+            result = try runner.run(image: image, argument: arg, kvmPath: device, observer: observer)
         } catch {
             fail("\(error)", .kvmUnavailable)
         }

@@ -7,7 +7,7 @@ struct SVMM: ParsableCommand {
         commandName: "svmm",
         abstract: "A small, fast virtual machine monitor for Linux/x86-64.",
         version: "svmm 0.1.0",
-        subcommands: [Boot.self, Probe.self, RunFirmware.self]
+        subcommands: [Boot.self, Probe.self, RunFirmware.self, Stats.self]
     )
 }
 
@@ -33,6 +33,8 @@ enum ExitStatus: Int32 {
     case usage = 64
     /// EX_NOINPUT: a file named on the command line cannot be read.
     case noInput = 66
+    /// EX_CANTCREAT: an output file (--stats, --stats-listen) cannot be created.
+    case cannotCreate = 73
     /// EX_UNAVAILABLE: /dev/kvm is missing or not accessible.
     case kvmUnavailable = 69
     /// A KVM internal error or failed entry: the guest could not be run.

@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
+#include <time.h>
 #include <linux/kvm.h>
 
 #define CKVM_RESULT(expr) ({ int _r = (expr); _r < 0 ? -errno : _r; })
@@ -38,6 +39,8 @@ static inline int ckvm_set_identity_map_addr(int fd, const uint64_t *addr) {
 
 static inline int ckvm_create_irqchip(int fd) { return CKVM_RESULT(ioctl(fd, KVM_CREATE_IRQCHIP, 0)); }
 static inline int ckvm_create_pit2(int fd, const struct kvm_pit_config *c) { return CKVM_RESULT(ioctl(fd, KVM_CREATE_PIT2, c)); }
+// KVM_GET_STATS_FD works on VM and vCPU fds alike (Linux 5.14+).
+static inline int ckvm_get_stats_fd(int fd) { return CKVM_RESULT(ioctl(fd, KVM_GET_STATS_FD, 0)); }
 static inline int ckvm_irq_line(int fd, uint32_t irq, uint32_t level) {
     struct kvm_irq_level l = { .irq = irq, .level = level };
     return CKVM_RESULT(ioctl(fd, KVM_IRQ_LINE, &l));
@@ -98,6 +101,23 @@ static inline int ckvm_unblock_signal(int sig) {
     sigemptyset(&set);
     sigaddset(&set, sig);
     return -pthread_sigmask(SIG_UNBLOCK, &set, 0);
+}
+
+// Exit telemetry counters: each is written by one vCPU thread only and read
+// by the stats sampler at any time. Relaxed atomic loads and stores (no lock
+// prefix: there is a single writer) keep both sides free of tearing and of
+// data races without a lock on the exit path. Swift's Synchronization has no
+// atomic view of raw memory, hence these three lines of C.
+static inline void ckvm_counter_add(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + v, __ATOMIC_RELAXED);
+}
+static inline void ckvm_counter_store(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint64_t ckvm_counter_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+// CLOCK_MONOTONIC in nanoseconds (a vDSO call, no system call).
+static inline uint64_t ckvm_now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
 #endif

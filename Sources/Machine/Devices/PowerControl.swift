@@ -17,7 +17,6 @@ public final class PowerControl: BusDevice {
     }
 
     public func read(address: UInt64, data: UnsafeMutableRawBufferPointer) {
-        let port = UInt16(truncatingIfNeeded: address)
         // Sleep status and the i8042 status/data read as 0: nothing pending,
         // no keyboard data (so a driver's poll loop ends at once).
         data.initializeMemory(as: UInt8.self, repeating: 0)

@@ -1,0 +1,238 @@
+import CKVM
+import Glibc
+import Histogram
+import KVM
+
+/// Why a vCPU came back to userspace, as KVM names the exit reasons.
+public enum ExitReason: Int, CaseIterable, Sendable {
+    case io, mmio, hlt, intr, shutdown, systemEvent, internalError, failEntry, unknown
+
+    /// The name used in every output (KVM_EXIT_* in lower case).
+    public var name: String {
+        switch self {
+        case .io: "io"
+        case .mmio: "mmio"
+        case .hlt: "hlt"
+        case .intr: "intr"
+        case .shutdown: "shutdown"
+        case .systemEvent: "system_event"
+        case .internalError: "internal_error"
+        case .failEntry: "fail_entry"
+        case .unknown: "unknown"
+        }
+    }
+
+    public init(_ exit: VCPUExit) {
+        self = switch exit {
+        case .io: .io
+        case .mmio: .mmio
+        case .halt: .hlt
+        case .interrupted: .intr
+        case .shutdown: .shutdown
+        case .systemEvent: .systemEvent
+        case .internalError: .internalError
+        case .failEntry: .failEntry
+        case .other: .unknown
+        }
+    }
+
+    public static func named(_ name: String) -> ExitReason? { allCases.first { $0.name == name } }
+}
+
+/// Exit telemetry of one vCPU, recorded on that vCPU's thread.
+///
+/// Counters live in one block of UInt64 slots written only by the vCPU's
+/// thread with relaxed atomic stores and read by the stats sampler at any
+/// time with atomic loads: the exit path takes no lock and allocates nothing.
+/// Latency histograms (one per exit reason, HDR, 1 ns to 10 s at two
+/// significant digits) are plain values owned by the vCPU thread and read
+/// only after it has been joined.
+///
+/// Block layout (UInt64 slots):
+///
+/// | slots | content |
+/// | --- | --- |
+/// | 0..<16 | exits by `ExitReason` |
+/// | 16, 17 | nanoseconds in `KVM_RUN`, nanoseconds handling exits |
+/// | 18 | MMIO exits to addresses beyond the address table |
+/// | 32..<160 | MMIO address table: 64 × (address + 1, count), open addressing |
+/// | 256..<1280 | bitmap of the port/direction slots in use |
+/// | 1280..<132352 | port exits: slot `port × 2 + (write ? 1 : 0)` |
+public final class VCPUTelemetry: @unchecked Sendable {
+    // SAFETY (@unchecked Sendable): `block` is written only by the vCPU's
+    // thread (single writer) through atomic stores and read elsewhere through
+    // atomic loads. `histograms`, `entered`, `lastReturn` and `lastReason` are
+    // touched only by the vCPU thread, and by others only after it was joined.
+    public let vcpu: Int
+    /// Whether latencies and guest/svmm time are measured (two clock reads
+    /// per exit); counts are always kept.
+    public let timing: Bool
+    /// KVM's statistics for this vCPU, where the kernel has them.
+    public let kvmStats: KVMStats?
+    let block: UnsafeMutablePointer<UInt64>
+    private var histograms: [Histogram<UInt64>?]
+    private var entered: UInt64 = 0
+    private var lastReturn: UInt64 = 0
+    private var lastReason = 0
+
+    static let reasonBase = 0
+    static let guestSlot = 16
+    static let vmmSlot = 17
+    static let mmioOverflowSlot = 18
+    static let mmioBase = 32
+    static let mmioSlots = 64
+    static let bitmapBase = 256
+    static let portBase = 1280
+    static let blockSlots = portBase + 65536 * 2
+    static let blockBytes = blockSlots * 8
+    /// Latencies above this are recorded as this (a stopped-and-resumed vCPU).
+    static let highestLatency: UInt64 = 10_000_000_000
+
+    public init(vcpu: Int, timing: Bool, kvmStats: KVMStats? = nil) {
+        self.vcpu = vcpu
+        self.timing = timing
+        self.kvmStats = kvmStats
+        // Zeroed and backed lazily: untouched port slots cost no memory.
+        let p = mmap(nil, Self.blockBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        precondition(p != MAP_FAILED, "cannot map the telemetry block")
+        block = p!.bindMemory(to: UInt64.self, capacity: Self.blockSlots)
+        histograms = Array(repeating: nil, count: ExitReason.allCases.count)
+    }
+
+    deinit { munmap(block, Self.blockBytes) }
+
+    // MARK: The exit path (vCPU thread only)
+
+    /// Call just before `KVM_RUN`: ends the handling time of the previous exit.
+    @inline(__always)
+    public func willEnter() {
+        guard timing else { return }
+        let now = ckvm_now_ns()
+        if lastReturn != 0 {
+            let spent = now &- lastReturn
+            ckvm_counter_add(block + Self.vmmSlot, spent)
+            if histograms[lastReason] == nil {
+                histograms[lastReason] = Histogram(lowestDiscernibleValue: 1, highestTrackableValue: Self.highestLatency, numberOfSignificantValueDigits: .two)
+            }
+            _ = histograms[lastReason]!.record(min(spent, Self.highestLatency))
+            lastReturn = 0
+        }
+        entered = now
+    }
+
+    /// Call as soon as `KVM_RUN` returns, with what it returned.
+    @inline(__always)
+    public func didExit(_ exit: VCPUExit) {
+        if timing {
+            let now = ckvm_now_ns()
+            ckvm_counter_add(block + Self.guestSlot, now &- entered)
+            lastReturn = now
+        }
+        let reason = ExitReason(exit)
+        lastReason = reason.rawValue
+        ckvm_counter_add(block + Self.reasonBase + reason.rawValue, 1)
+        switch exit {
+        case let .io(port, isWrite, _, _, _):
+            let slot = Int(port) * 2 + (isWrite ? 1 : 0)
+            let counter = block + Self.portBase + slot
+            if counter.pointee == 0 {
+                let word = block + Self.bitmapBase + slot / 64
+                ckvm_counter_store(word, word.pointee | (1 << UInt64(slot % 64)))
+            }
+            ckvm_counter_add(counter, 1)
+        case let .mmio(address, _, _):
+            countMMIO(address)
+        default:
+            break
+        }
+    }
+
+    private func countMMIO(_ address: UInt64) {
+        let key = address &+ 1
+        var i = Int(truncatingIfNeeded: (address >> 2) &* 0x9E37_79B9) & (Self.mmioSlots - 1)
+        for _ in 0..<Self.mmioSlots {
+            let entry = block + Self.mmioBase + i * 2
+            if entry.pointee == key {
+                ckvm_counter_add(entry + 1, 1)
+                return
+            }
+            if entry.pointee == 0 {
+                // Count first, then publish the address (release), so a
+                // reader that sees the address sees its count.
+                ckvm_counter_add(entry + 1, 1)
+                ckvm_counter_store(entry, key)
+                return
+            }
+            i = (i + 1) & (Self.mmioSlots - 1)
+        }
+        ckvm_counter_add(block + Self.mmioOverflowSlot, 1)
+    }
+
+    // MARK: Reading (any thread)
+
+    /// The counters now. Safe from any thread while the vCPU runs.
+    public func sample() -> TelemetrySample {
+        var s = TelemetrySample(vcpu: vcpu)
+        for r in ExitReason.allCases { s.exits[r.rawValue] = ckvm_counter_load(block + Self.reasonBase + r.rawValue) }
+        s.guestNanoseconds = ckvm_counter_load(block + Self.guestSlot)
+        s.vmmNanoseconds = ckvm_counter_load(block + Self.vmmSlot)
+        s.mmioOverflow = ckvm_counter_load(block + Self.mmioOverflowSlot)
+        for w in 0..<(65536 * 2 / 64) {
+            var bits = ckvm_counter_load(block + Self.bitmapBase + w)
+            while bits != 0 {
+                let slot = w * 64 + bits.trailingZeroBitCount
+                bits &= bits - 1
+                s.ports[PortKey(port: UInt16(slot / 2), isWrite: slot % 2 == 1)] = ckvm_counter_load(block + Self.portBase + slot)
+            }
+        }
+        for i in 0..<Self.mmioSlots {
+            let key = ckvm_counter_load(block + Self.mmioBase + i * 2)
+            if key != 0 { s.mmio[key - 1] = ckvm_counter_load(block + Self.mmioBase + i * 2 + 1) }
+        }
+        if let kvmStats { s.kvm = kvmStats.read() }
+        return s
+    }
+
+    /// Latency histograms by reason. Only after the vCPU thread was joined.
+    public var latencies: [ExitReason: Histogram<UInt64>] {
+        var result: [ExitReason: Histogram<UInt64>] = [:]
+        for r in ExitReason.allCases { if let h = histograms[r.rawValue] { result[r] = h } }
+        return result
+    }
+}
+
+/// A port and a direction.
+public struct PortKey: Hashable, Sendable, Comparable {
+    public var port: UInt16
+    public var isWrite: Bool
+    public init(port: UInt16, isWrite: Bool) {
+        self.port = port
+        self.isWrite = isWrite
+    }
+    /// "0x3f8:out"
+    public var name: String { "0x\(String(port, radix: 16)):\(isWrite ? "out" : "in")" }
+    public init?(name: String) {
+        let parts = name.split(separator: ":")
+        guard parts.count == 2, parts[0].hasPrefix("0x"), let p = UInt16(parts[0].dropFirst(2), radix: 16),
+              parts[1] == "in" || parts[1] == "out" else { return nil }
+        self.init(port: p, isWrite: parts[1] == "out")
+    }
+    public static func < (a: PortKey, b: PortKey) -> Bool { (a.port, a.isWrite ? 1 : 0) < (b.port, b.isWrite ? 1 : 0) }
+}
+
+/// One vCPU's counters at one moment (totals since the vCPU was created).
+public struct TelemetrySample: Sendable {
+    public var vcpu: Int
+    public var exits = [UInt64](repeating: 0, count: ExitReason.allCases.count)
+    public var guestNanoseconds: UInt64 = 0
+    public var vmmNanoseconds: UInt64 = 0
+    public var ports: [PortKey: UInt64] = [:]
+    public var mmio: [UInt64: UInt64] = [:]
+    public var mmioOverflow: UInt64 = 0
+    /// KVM's statistics for the vCPU, in its descriptors' order.
+    public var kvm: [UInt64] = []
+
+    public init(vcpu: Int) { self.vcpu = vcpu }
+
+    public var totalExits: UInt64 { exits.reduce(0, +) }
+}
