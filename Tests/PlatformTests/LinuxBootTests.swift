@@ -24,6 +24,7 @@ struct BootCase {
 @Suite(.serialized) struct LinuxBootTests {
     static let cache = artifactCache
     static let quiet = "console=ttyS0 panic=-1 quiet"
+    static let statsFile = temporaryPath("boot-stats.jsonl")
 
     static let cases: [(name: String, args: String)] = [
         ("bz-1cpu-256M", "--cpus 1 --memory 256M --boot-time --exit-stats"),
@@ -37,6 +38,7 @@ struct BootCase {
         ("reboot", "--cmdline '\(quiet) svmm_end=reboot'"),
         ("panic", "--cmdline '\(quiet) svmm_end=panic'"),
         ("timeout", "--timeout 20s --cmdline '\(quiet) svmm_cmd=\"sleep 1000\"'"),
+        ("stats", "--cpus 2 --memory 256M --stats \(statsFile) --stats-interval 250ms --stats-summary"),
         ("cpu-features", "--cpu-features=-cx16 --cmdline '\(quiet) svmm_cmd=\"grep -ow -e cx16 -e sse2 /proc/cpuinfo | sort -u\"'"),
     ]
 
@@ -167,5 +169,28 @@ struct BootCase {
         #expect(c.status == 124, "\(c.output)")
         #expect(c.output.contains("svmm: timeout: the guest ran past 20s (vCPU 0 at RIP 0x"))
         #expect(c.output.contains("SVMM-GUEST-READY"))
+    }
+
+    /// Exit telemetry of a real 2-vCPU Linux boot: per-vCPU series, exits
+    /// attributed to the devices, KVM's counters next to svmm's.
+    @Test func exitTelemetryOfALinuxBoot() throws {
+        let c = try boot("stats")
+        #expect(c.status == 0, "\(c.output)")
+        let stats = try RecordedStats(jsonl: String(contentsOfFile: Self.statsFile, encoding: .utf8))
+        #expect(Set(stats.intervals.compactMap { $0["vcpu"] as? String }) == ["0", "1", "vm"])
+        stats.expectIntervalsSumToFinal(cumulativeKVM: cumulativeKVMStats(stats.header))
+        let all = try #require(stats.final("all"))
+        #expect(RecordedStats.value(all, "io", "0x3f8:out") > 100, "serial output: \(all["io"] ?? "")")
+        #expect(RecordedStats.value(all, "mmio", "0xd0000000") == 1, "the boot marker write")
+        // KVM sees every port exit, including those its in-kernel PIT and
+        // PIC answer, so its count is at least svmm's.
+        #expect(RecordedStats.value(all, "kvm", "io_exits") >= RecordedStats.value(all, "exits", "io"))
+        #expect(RecordedStats.value(all, "kvm", "exits") > RecordedStats.value(all, "exits", "io"))
+        for vcpu in ["0", "1"] {
+            #expect(RecordedStats.value(stats.final(vcpu), "time", "guest_ns") > 0, "vCPU \(vcpu) ran")
+        }
+        #expect(c.output.contains("exit summary: 2 vCPUs"), "\(c.output)")
+        #expect(c.output.contains("serial-com1"), "ports attributed to devices: \(c.output)")
+        #expect(c.output.contains("boot-marker"), "\(c.output)")
     }
 }
