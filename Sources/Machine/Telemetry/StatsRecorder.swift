@@ -215,13 +215,14 @@ public final class StatsRecorder: Sendable {
 
     static func fillLatency(_ r: inout StatsRecord, _ latencies: [ExitReason: Histogram<UInt64>]) {
         guard !latencies.isEmpty else { return }
+        let clock = TSCClock.shared
         for (reason, h) in latencies where h.totalCount > 0 {
             let n = reason.name
             r["latency_ns", "\(n):count"] = h.totalCount
-            r["latency_ns", "\(n):min"] = h.min
-            for (label, p) in percentiles { r["latency_ns", "\(n):\(label)"] = h.valueAtPercentile(p) }
-            r["latency_ns", "\(n):max"] = h.max
-            r["latency_ns", "\(n):mean"] = UInt64(h.mean.rounded())
+            r["latency_ns", "\(n):min"] = clock.nanoseconds(h.min)
+            for (label, p) in percentiles { r["latency_ns", "\(n):\(label)"] = clock.nanoseconds(h.valueAtPercentile(p)) }
+            r["latency_ns", "\(n):max"] = clock.nanoseconds(h.max)
+            r["latency_ns", "\(n):mean"] = UInt64((h.mean * clock.scale).rounded())
         }
     }
 

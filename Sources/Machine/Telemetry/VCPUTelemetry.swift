@@ -85,10 +85,11 @@ public final class VCPUTelemetry: @unchecked Sendable {
     static let portBase = 1280
     static let blockSlots = portBase + 65536 * 2
     static let blockBytes = blockSlots * 8
-    /// Latencies above this are recorded as this (a stopped-and-resumed vCPU).
-    static let highestLatency: UInt64 = 10_000_000_000
+    /// Latencies (in TSC ticks) above this are recorded as this (a stopped-and-resumed vCPU).
+    static let highestLatency: UInt64 = 100_000_000_000
 
     public init(vcpu: Int, timing: Bool, kvmStats: KVMStats? = nil) {
+        if timing { _ = TSCClock.shared }    // calibrate before the guest runs
         self.vcpu = vcpu
         self.timing = timing
         self.kvmStats = kvmStats
@@ -107,7 +108,7 @@ public final class VCPUTelemetry: @unchecked Sendable {
     @inline(__always)
     public func willEnter() {
         guard timing else { return }
-        let now = ckvm_now_ns()
+        let now = ckvm_rdtsc()
         if lastReturn != 0 {
             let spent = now &- lastReturn
             ckvm_counter_add(block + Self.vmmSlot, spent)
@@ -124,7 +125,7 @@ public final class VCPUTelemetry: @unchecked Sendable {
     @inline(__always)
     public func didExit(_ exit: VCPUExit) {
         if timing {
-            let now = ckvm_now_ns()
+            let now = ckvm_rdtsc()
             ckvm_counter_add(block + Self.guestSlot, now &- entered)
             lastReturn = now
         }
@@ -174,8 +175,8 @@ public final class VCPUTelemetry: @unchecked Sendable {
     public func sample() -> TelemetrySample {
         var s = TelemetrySample(vcpu: vcpu)
         for r in ExitReason.allCases { s.exits[r.rawValue] = ckvm_counter_load(block + Self.reasonBase + r.rawValue) }
-        s.guestNanoseconds = ckvm_counter_load(block + Self.guestSlot)
-        s.vmmNanoseconds = ckvm_counter_load(block + Self.vmmSlot)
+        s.guestNanoseconds = TSCClock.shared.nanoseconds(ckvm_counter_load(block + Self.guestSlot))
+        s.vmmNanoseconds = TSCClock.shared.nanoseconds(ckvm_counter_load(block + Self.vmmSlot))
         s.mmioOverflow = ckvm_counter_load(block + Self.mmioOverflowSlot)
         for w in 0..<(65536 * 2 / 64) {
             var bits = ckvm_counter_load(block + Self.bitmapBase + w)
@@ -193,12 +194,34 @@ public final class VCPUTelemetry: @unchecked Sendable {
         return s
     }
 
-    /// Latency histograms by reason. Only after the vCPU thread was joined.
+    /// Latency histograms by reason, in TSC ticks (`TSCClock` converts).
+    /// Only after the vCPU thread was joined.
     public var latencies: [ExitReason: Histogram<UInt64>] {
         var result: [ExitReason: Histogram<UInt64>] = [:]
         for r in ExitReason.allCases { if let h = histograms[r.rawValue] { result[r] = h } }
         return result
     }
+}
+
+/// Converts time-stamp counter ticks to nanoseconds with one ratio, measured
+/// once against CLOCK_MONOTONIC over 20 ms (so converted counters stay
+/// consistent: deltas of converted totals add up exactly).
+public final class TSCClock: Sendable {
+    public static let shared = TSCClock()
+    /// Nanoseconds per tick.
+    public let scale: Double
+
+    init() {
+        let n0 = ckvm_now_ns(), t0 = ckvm_rdtsc()
+        var n1 = n0, t1 = t0
+        while n1 - n0 < 20_000_000 {
+            n1 = ckvm_now_ns()
+            t1 = ckvm_rdtsc()
+        }
+        scale = t1 > t0 ? Double(n1 - n0) / Double(t1 - t0) : 1
+    }
+
+    public func nanoseconds(_ ticks: UInt64) -> UInt64 { UInt64(Double(ticks) * scale) }
 }
 
 /// A port and a direction.
