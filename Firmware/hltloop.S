@@ -3,13 +3,9 @@
 # vector 0x40 and halts rdi times; each tick's handler acknowledges the
 # interrupt (EOI) and returns past the HLT. Then masks the timer and exits 0.
 # A KVM that cannot deliver interrupts (kvm_pvm) never comes back from HLT.
-        .set BASE, 0x100000
-        .set EXIT_PORT, 0xF4
+#include "common.h"
         .set APIC, 0xFEE00000
         .set VECTOR, 0x40
-        .code64
-        .text
-        .globl _start
 _start:
         lidt    idtr(%rip)
         mov     $APIC, %rbx
@@ -25,26 +21,13 @@ _start:
         jnz     1b
 done:   cli
         movl    $0x10000, 0x320(%rbx)           # mask the timer
-        xor     %eax, %eax
-        out     %eax, $EXIT_PORT
-        hlt
+        exit_ok
 
 timer_handler:
         movl    $0, 0xB0(%rbx)                  # EOI
         iretq
 
-other_handler:
-        mov     $0xBAD, %eax
-        out     %eax, $EXIT_PORT
-        hlt
-
-        .macro gate handler
-        .word   (BASE + \handler - _start) & 0xFFFF
-        .word   0x10
-        .byte   0, 0x8E
-        .word   ((BASE + \handler - _start) >> 16) & 0xFFFF
-        .long   0, 0
-        .endm
+        bad_vector_handler
 
         .balign 16
 idt:
@@ -57,6 +40,4 @@ idt:
         .endr
 idt_end:
 
-idtr:
-        .word   idt_end - idt - 1
-        .quad   BASE + idt - _start
+        idt_pointer

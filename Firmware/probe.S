@@ -5,20 +5,12 @@
 # the instruction), and reports each vector it handled on port 0xF5. If both
 # arrive and return through iretq, it exits with status 0 on port 0xF4.
 # A KVM that cannot deliver exceptions in 64-bit mode never reaches the exit.
-
-        .set BASE, 0x100000
-        .set REPORT_PORT, 0xF5
-        .set EXIT_PORT, 0xF4
-        .code64
-        .text
-        .globl _start
+#include "common.h"
 _start:
         lidt    idtr(%rip)
         int3                            # vector 3: handler reports 3, returns after int3
         ud2                             # vector 6: handler reports 6, skips 2 bytes
-        mov     $0, %eax
-        out     %eax, $EXIT_PORT
-        hlt
+        exit_ok
 
 breakpoint_handler:
         mov     $3, %eax
@@ -33,20 +25,7 @@ invalid_opcode_handler:
 
 # Anything else (a double fault, a #GP from a bad frame) ends the probe with
 # status 0xBAD and the vector unknown.
-other_handler:
-        mov     $0xBAD, %eax
-        out     %eax, $EXIT_PORT
-        hlt
-
-# A 64-bit interrupt gate (Intel SDM Vol. 3A §6.14.1): selector 0x10, present,
-# DPL0, type 0xE, handler offset split across three fields.
-        .macro gate handler
-        .word   (BASE + \handler - _start) & 0xFFFF
-        .word   0x10
-        .byte   0, 0x8E
-        .word   ((BASE + \handler - _start) >> 16) & 0xFFFF
-        .long   0, 0
-        .endm
+        bad_vector_handler
 
         .balign 16
 idt:
@@ -62,6 +41,4 @@ idt:
         .endr
 idt_end:
 
-idtr:
-        .word   idt_end - idt - 1
-        .quad   BASE + idt - _start
+        idt_pointer
