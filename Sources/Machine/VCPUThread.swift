@@ -22,17 +22,9 @@ public final class VCPUThread: Sendable {
     public var shouldStop: Bool { stopping.load(ordering: .acquiring) }
 
     public func start() throws {
-        let box = Unmanaged.passRetained(self)
-        var t = pthread_t()
-        let r = pthread_create(&t, nil, { arg in
-            let me = Unmanaged<VCPUThread>.fromOpaque(arg!).takeRetainedValue()
+        let t = try startHostThread("vCPU \(vcpu.id)") { [self] in
             VCPU.unblockKickSignal(VCPUThread.kickSignal)
-            me.body(me.vcpu)
-            return nil
-        }, box.toOpaque())
-        if r != 0 {
-            box.release()
-            throw KVMError("pthread_create for vCPU \(vcpu.id)", errno: r)
+            body(vcpu)
         }
         thread.withLock { $0 = t }
     }

@@ -142,7 +142,7 @@ struct Boot: ParsableCommand {
         // Console input: stdin → COM1.
         Terminal.enterRawMode()
         let serial = machine.serial
-        Thread.detach {
+        _ = try? startHostThread("console input", detached: true) {
             var buffer = [UInt8](repeating: 0, count: 256)
             while true {
                 let n = buffer.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
@@ -232,19 +232,6 @@ extension String {
     }
 }
 
-extension Thread {
-    /// A detached pthread running `body` (Foundation-free).
-    static func detach(_ body: @escaping @Sendable () -> Void) {
-        final class Box: @unchecked Sendable { let body: @Sendable () -> Void; init(_ b: @escaping @Sendable () -> Void) { body = b } }
-        var t = pthread_t()
-        let box = Unmanaged.passRetained(Box(body))
-        pthread_create(&t, nil, { arg in
-            Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
-            return nil
-        }, box.toOpaque())
-        pthread_detach(t)
-    }
-}
-enum Thread {}
+
 
 extension BootProtocol: ExpressibleByArgument {}

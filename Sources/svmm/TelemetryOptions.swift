@@ -69,8 +69,12 @@ final class TelemetrySession {
     }
 
     func start() {
-        do { try recorder.start() } catch { fail("\(error)", .failure) }
-        endpoint?.start()
+        do {
+            try recorder.start()
+            try endpoint?.start()
+        } catch {
+            fail("\(error)", .failure)
+        }
     }
 
     /// After the vCPU threads were joined: final records, summary, cleanup.

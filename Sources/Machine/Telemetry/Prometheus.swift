@@ -156,16 +156,8 @@ public final class PrometheusEndpoint: Sendable {
         self.render = render
     }
 
-    public func start() {
-        let box = Unmanaged.passRetained(self)
-        var t = pthread_t()
-        if pthread_create(&t, nil, { arg in
-            Unmanaged<PrometheusEndpoint>.fromOpaque(arg!).takeRetainedValue().serve()
-            return nil
-        }, box.toOpaque()) != 0 {
-            box.release()
-            return
-        }
+    public func start() throws(KVMError) {
+        let t = try startHostThread("the Prometheus endpoint") { [self] in serve() }
         thread.withLock { $0 = t }
     }
 

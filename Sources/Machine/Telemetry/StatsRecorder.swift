@@ -59,17 +59,7 @@ public final class StatsRecorder: Sendable {
     public func start() throws {
         guard output != nil else { return }
         write(StatsEncoder.header(header, format: format))
-        let box = Unmanaged.passRetained(self)
-        var t = pthread_t()
-        let r = pthread_create(&t, nil, { arg in
-            let me = Unmanaged<StatsRecorder>.fromOpaque(arg!).takeRetainedValue()
-            me.sampleLoop()
-            return nil
-        }, box.toOpaque())
-        if r != 0 {
-            box.release()
-            throw KVMError("pthread_create for the stats sampler", errno: r)
-        }
+        let t = try startHostThread("the stats sampler") { [self] in sampleLoop() }
         thread.withLock { $0 = t }
     }
 

@@ -1,0 +1,27 @@
+import Glibc
+import KVM
+
+/// Starts a host thread running `body` (Foundation-free; every long-lived
+/// thread in svmm comes from here). Returns the thread for joining, or throws
+/// naming `purpose` when the system refuses.
+@discardableResult
+public func startHostThread(_ purpose: String, detached: Bool = false,
+                            _ body: @escaping @Sendable () -> Void) throws(KVMError) -> pthread_t {
+    final class Box: @unchecked Sendable {
+        // SAFETY (@unchecked Sendable): immutable after init; the closure is Sendable.
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+    let box = Unmanaged.passRetained(Box(body))
+    var t = pthread_t()
+    let r = pthread_create(&t, nil, { arg in
+        Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
+        return nil
+    }, box.toOpaque())
+    if r != 0 {
+        box.release()
+        throw KVMError("pthread_create for \(purpose)", errno: r)
+    }
+    if detached { pthread_detach(t) }
+    return t
+}
