@@ -117,7 +117,6 @@ public struct FirmwareRunner: Sendable {
             telemetry.willEnter()
             let exit = try vcpu.run()
             telemetry.didExit(exit)
-            result.exits += 1
             switch exit {
             case let .io(port, isWrite, size, _, data):
                 if !isWrite {
@@ -162,6 +161,7 @@ public struct FirmwareRunner: Sendable {
         result.nanoseconds = DispatchTime.now().uptimeNanoseconds - start
         result.rip = try? vcpu.getRegisters().rip
         result.telemetry = telemetry.sample()
+        result.exits = Int(result.telemetry!.totalExits)
         observer?.finished()
         return result
     }

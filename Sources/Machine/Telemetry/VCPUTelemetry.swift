@@ -132,8 +132,7 @@ public final class VCPUTelemetry: @unchecked Sendable {
         let reason = ExitReason(exit)
         lastReason = reason.rawValue
         ckvm_counter_add(block + Self.reasonBase + reason.rawValue, 1)
-        switch exit {
-        case let .io(port, isWrite, _, _, _):
+        if case let .io(port, isWrite, _, _, _) = exit {
             let slot = Int(port) * 2 + (isWrite ? 1 : 0)
             let counter = block + Self.portBase + slot
             if counter.pointee == 0 {
@@ -141,10 +140,8 @@ public final class VCPUTelemetry: @unchecked Sendable {
                 ckvm_counter_store(word, word.pointee | (1 << UInt64(slot % 64)))
             }
             ckvm_counter_add(counter, 1)
-        case let .mmio(address, _, _):
+        } else if case let .mmio(address, _, _) = exit {
             countMMIO(address)
-        default:
-            break
         }
     }
 
