@@ -14,11 +14,7 @@ public enum PrometheusText {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
         }
         func sample(_ name: String, _ labels: [(String, String)], _ value: String) {
-            out += name
-            if !labels.isEmpty {
-                out += "{" + labels.map { "\($0.0)=\"\(escape($0.1))\"" }.joined(separator: ",") + "}"
-            }
-            out += " \(value)\n"
+            out += line(name, labels, value)
         }
 
         family("svmm_vcpus", "gauge", "Number of vCPUs of the running guest.")
@@ -81,9 +77,7 @@ public enum PrometheusText {
             out += "# TYPE \(name) \(isCounter ? "counter" : "gauge")\n"
             for (labels, values) in series where d.index < values.count {
                 let v = values[d.index]
-                out += name
-                if !labels.isEmpty { out += "{" + labels.map { "\($0.0)=\"\($0.1)\"" }.joined(separator: ",") + "}" }
-                out += " " + (scale == 1 ? String(v) : "\(Double(v) * scale)") + "\n"
+                out += line(name, labels, scale == 1 ? String(v) : "\(Double(v) * scale)")
             }
         }
     }
@@ -94,17 +88,13 @@ public enum PrometheusText {
         String(s.map { $0.isLetter || $0.isNumber || $0 == "_" ? $0 : "_" })
     }
 
-    static func escape(_ s: String) -> String {
-        var out = ""
-        for c in s {
-            switch c {
-            case "\\": out += "\\\\"
-            case "\"": out += "\\\""
-            case "\n": out += "\\n"
-            default: out.append(c)
-            }
+    /// One sample line: `name{label="value",…} value`.
+    static func line(_ name: String, _ labels: [(String, String)], _ value: String) -> String {
+        var out = name
+        if !labels.isEmpty {
+            out += "{" + labels.map { "\($0.0)=\"\($0.1.escaping(["\\": "\\\\", "\"": "\\\"", "\n": "\\n"]))\"" }.joined(separator: ",") + "}"
         }
-        return out
+        return out + " \(value)\n"
     }
 }
 

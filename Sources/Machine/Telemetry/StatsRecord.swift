@@ -165,13 +165,15 @@ extension StatsRecord {
 func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
 
 func csvField(_ s: String) -> String {
-    s.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" }) ? "\"" + s.replacingAll("\"", "\"\"") + "\"" : s
+    s.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" }) ? "\"" + s.escaping(["\"": "\"\""]) + "\"" : s
 }
 
 extension String {
-    func replacingAll(_ target: Character, _ replacement: String) -> String {
+    /// Each character found in `table` replaced by its entry (the escaping
+    /// of CSV fields, Prometheus label values and XML text).
+    func escaping(_ table: [Character: String]) -> String {
         var out = ""
-        for c in self { if c == target { out += replacement } else { out.append(c) } }
+        for c in self { if let r = table[c] { out += r } else { out.append(c) } }
         return out
     }
 }
