@@ -11,10 +11,11 @@ public enum BootProtocol: String, Sendable, CaseIterable {
 
 /// What `svmm boot` was asked to boot.
 public struct BootConfiguration: Sendable {
-    public var kernelPath: String
-    public var kernel: [UInt8]
-    public var initrdPath: String?
-    public var initrd: [UInt8]?
+    public var kernelPath: String { kernel.path }
+    /// The kernel image: an open file, read into guest RAM as it is loaded.
+    public var kernel: ImageSource
+    public var initrdPath: String? { initrd?.path }
+    public var initrd: ImageSource?
     public var commandLine: String
     public var cpus: Int
     public var memoryBytes: UInt64
@@ -32,17 +33,24 @@ public struct BootConfiguration: Sendable {
 
     public static let defaultCommandLine = "console=ttyS0 panic=-1"
 
-    public init(kernelPath: String, kernel: [UInt8], initrdPath: String? = nil, initrd: [UInt8]? = nil,
+    public init(kernel: ImageSource, initrd: ImageSource? = nil,
                 commandLine: String = defaultCommandLine, cpus: Int = 1, memoryBytes: UInt64 = 512 << 20,
                 timeoutSeconds: Double? = nil) {
-        self.kernelPath = kernelPath
         self.kernel = kernel
-        self.initrdPath = initrdPath
         self.initrd = initrd
         self.commandLine = commandLine
         self.cpus = cpus
         self.memoryBytes = memoryBytes
         self.timeoutSeconds = timeoutSeconds
+    }
+
+    /// In-memory images (tests).
+    public init(kernelPath: String, kernel: [UInt8], initrdPath: String? = nil, initrd: [UInt8]? = nil,
+                commandLine: String = defaultCommandLine, cpus: Int = 1, memoryBytes: UInt64 = 512 << 20,
+                timeoutSeconds: Double? = nil) {
+        self.init(kernel: ImageSource(kernel, path: kernelPath),
+                  initrd: initrd.map { ImageSource($0, path: initrdPath ?? "initrd") },
+                  commandLine: commandLine, cpus: cpus, memoryBytes: memoryBytes, timeoutSeconds: timeoutSeconds)
     }
 }
 

@@ -79,6 +79,14 @@ public final class GuestMemory: @unchecked Sendable {
         throw GuestMemoryError(address: address, length: length)
     }
 
+    /// Gives the pages of a page-aligned range back to the host; they read
+    /// as zero afterwards, as untouched RAM does.
+    func discard(_ range: Range<UInt64>) throws(GuestMemoryError) {
+        precondition(range.lowerBound % Layout.pageSize == 0 && range.upperBound % Layout.pageSize == 0)
+        let b = try buffer(at: range.lowerBound, count: Int(range.upperBound - range.lowerBound))
+        if madvise(b.baseAddress, b.count, MADV_DONTNEED) != 0 { b.initializeMemory(as: UInt8.self, repeating: 0) }
+    }
+
     public func contains(_ address: UInt64, count: Int) -> Bool {
         (try? buffer(at: address, count: count)) != nil
     }

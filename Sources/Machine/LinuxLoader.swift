@@ -16,13 +16,13 @@ public struct LinuxLoader {
     /// Linux boot protocol, as `config.bootProtocol` asks.
     public static func load(_ config: BootConfiguration, into memory: GuestMemory) throws -> EntryState {
         if ELFKernel.isELF(config.kernel) {
-            return try loadPVH(config, ELFKernel(path: config.kernelPath, bytes: config.kernel), elf: config.kernel, into: memory)
+            return try loadPVH(config, ELFKernel(config.kernel), elf: config.kernel, scratch: nil, into: memory)
         }
-        let kernel = try BzImage(path: config.kernelPath, bytes: config.kernel)
+        let kernel = try BzImage(config.kernel)
         if config.bootProtocol != .linux {
-            switch pvhKernel(inside: kernel) {
-            case let .success((compression, elf, vmlinux)):
-                var entry = try loadPVH(config, vmlinux, elf: elf, into: memory)
+            switch pvhKernel(inside: kernel, of: config.kernel, memory: memory) {
+            case let .success((compression, elf, vmlinux, scratch)):
+                var entry = try loadPVH(config, vmlinux, elf: elf, scratch: scratch, into: memory)
                 entry.decompressed = compression
                 return entry
             case let .failure(reason):
@@ -36,7 +36,7 @@ public struct LinuxLoader {
         guard kernelEnd <= memory.regions[0].end else {
             throw LoaderError.memoryTooSmall(needed: kernelEnd, available: memory.totalSize)
         }
-        try memory.write(kernel.protectedModeKernel, at: kernel.loadAddress)
+        try config.kernel.copy(kernel.protectedModeKernel, into: memory, at: kernel.loadAddress)
 
         var params = BootParams(kernel: kernel)
         params.setCommandLine(address: Layout.commandLine)
@@ -53,37 +53,78 @@ public struct LinuxLoader {
     struct NoPVH: Error { let text: String }
 
     /// The ELF inside a bzImage's payload, when it has a PVH entry.
-    static func pvhKernel(inside kernel: BzImage) -> Result<(KernelPayload.Compression, [UInt8], ELFKernel), NoPVH> {
-        guard let payload = kernel.payload else { return .failure(NoPVH(text: "its header locates no compressed payload")) }
-        let compression: KernelPayload.Compression, elf: [UInt8]
-        do {
-            (compression, elf) = try KernelPayload.decompress(payload)
-        } catch {
-            switch error {
-            case .noPayload: return .failure(NoPVH(text: "its payload is empty"))
-            case .unknownCompression: return .failure(NoPVH(text: "its payload's compression is unknown"))
-            case .unsupported(let c): return .failure(NoPVH(text: "svmm cannot decompress \(c) payloads"))
-            case .corrupt(let c): return .failure(NoPVH(text: "its \(c) payload does not decompress"))
+    ///
+    /// The payload is read and decompressed in a scratch area at the top of
+    /// guest RAM, as the kernel's own decompressor would use guest RAM, and
+    /// the scratch pages go back to the host once the segments are in place:
+    /// svmm holds no copy of the kernel and the guest finds that RAM zeroed.
+    /// Where RAM is too small for that, the host heap serves (freed before
+    /// the guest runs).
+    static func pvhKernel(inside kernel: BzImage, of image: ImageSource, memory: GuestMemory)
+        -> Result<(KernelPayload.Compression, ImageSource, ELFKernel, scratch: Range<UInt64>?), NoPVH> {
+        guard let range = kernel.payload else { return .failure(NoPVH(text: "its header locates no compressed payload")) }
+        let page = Layout.pageSize
+        let top = memory.regions[0].end
+        let inAddress = top >= UInt64(range.count) ? (top - UInt64(range.count)) & ~(page - 1) : 0
+        var staged: (UnsafeRawBufferPointer, Int, KernelPayload.Compression)?
+        if inAddress > 0, (try? image.copy(range, into: memory, at: inAddress)) != nil,
+           let src = try? memory.buffer(at: inAddress, count: range.count),
+           let (kind, size) = try? KernelPayload.uncompressedSize(UnsafeRawBufferPointer(src)),
+           inAddress >= UInt64(size) + (16 << 20) {
+            staged = (UnsafeRawBufferPointer(src), size, kind)
+        } else if inAddress > 0 {
+            try? memory.discard(inAddress..<top)
+        }
+        if let (src, size, _) = staged {
+            let outAddress = (inAddress - UInt64(size)) & ~(page - 1)
+            let scratch = outAddress..<top
+            func fail(_ text: String) -> Result<(KernelPayload.Compression, ImageSource, ELFKernel, scratch: Range<UInt64>?), NoPVH> {
+                try? memory.discard(scratch)
+                return .failure(NoPVH(text: text))
             }
+            guard let dst = try? memory.buffer(at: outAddress, count: size) else { return fail("its payload does not fit in RAM") }
+            let compression: KernelPayload.Compression
+            do { compression = try KernelPayload.decompress(src, into: dst) } catch { return fail(error.reason) }
+            let elf = ImageSource(borrowing: UnsafeRawBufferPointer(dst), path: kernel.path)
+            guard let vmlinux = try? ELFKernel(elf) else { return fail("its payload is not an ELF kernel with a PVH note") }
+            if vmlinux.end <= outAddress, vmlinux.segments.allSatisfy({ $0.physicalAddress < outAddress }) {
+                return .success((compression, elf, vmlinux, scratch))
+            }
+            // The kernel wants the scratch area itself: load from a heap copy.
+            let copy = ImageSource(Array(UnsafeRawBufferPointer(dst)), path: kernel.path)
+            try? memory.discard(scratch)
+            return .success((compression, copy, vmlinux, nil))
+        }
+        let payload = image.read(range)
+        guard payload.count == range.count else { return .failure(NoPVH(text: "its payload cannot be read")) }
+        let compression: KernelPayload.Compression, elf: ImageSource
+        do {
+            let bytes: [UInt8]
+            (compression, bytes) = try KernelPayload.decompress(payload[...])
+            elf = ImageSource(bytes, path: kernel.path)
+        } catch {
+            return .failure(NoPVH(text: error.reason))
         }
         do {
-            return .success((compression, elf, try ELFKernel(path: kernel.path, bytes: elf)))
+            return .success((compression, elf, try ELFKernel(elf), nil))
         } catch {
             return .failure(NoPVH(text: "its payload is not an ELF kernel with a PVH note"))
         }
     }
 
-    static func loadPVH(_ config: BootConfiguration, _ kernel: ELFKernel, elf: [UInt8], into memory: GuestMemory) throws -> EntryState {
+    static func loadPVH(_ config: BootConfiguration, _ kernel: ELFKernel, elf: ImageSource, scratch: Range<UInt64>?,
+                        into memory: GuestMemory) throws -> EntryState {
         // Linux's own limit (COMMAND_LINE_SIZE on x86) is 2048 bytes.
         try writeCommandLine(config, limit: 2047, into: memory)
         guard memory.contains(kernel.end - 1, count: 1), kernel.end <= memory.regions[0].end else {
             throw LoaderError.memoryTooSmall(needed: kernel.end, available: memory.totalSize)
         }
         for s in kernel.segments {
-            try memory.write(elf[s.fileRange], at: s.physicalAddress)
+            try elf.copy(s.fileRange, into: memory, at: s.physicalAddress)
             let bss = s.memorySize - UInt64(s.fileRange.count)
             if bss > 0 { try memory.fill(0, at: s.physicalAddress + UInt64(s.fileRange.count), count: Int(bss)) }
         }
+        if let scratch { try memory.discard(scratch) }
         let initrd = try placeInitrd(config, above: kernel.end, ceiling: UInt64(UInt32.max) + 1, into: memory)
         let info = PVHStartInfo(commandLine: Layout.commandLine, rsdp: try writeACPI(config, into: memory),
                                 initrd: initrd, memoryMap: E820Entry.map(for: memory))
@@ -106,15 +147,16 @@ public struct LinuxLoader {
         guard let initrd = config.initrd else { return nil }
         let top = min(ceiling, memory.regions[0].end)
         let size = UInt64(initrd.count)
+        let path = initrd.path
         let room = top > kernelEnd ? top - kernelEnd : 0
         guard size + Layout.pageSize <= room else {
             if kernelEnd + size > memory.totalSize {
                 throw LoaderError.memoryTooSmall(needed: kernelEnd + size, available: memory.totalSize)
             }
-            throw LoaderError.initrdTooLarge(path: config.initrdPath ?? "initrd", size: initrd.count, room: room)
+            throw LoaderError.initrdTooLarge(path: path, size: initrd.count, room: room)
         }
         let address = (top - size) & ~(Layout.pageSize - 1)
-        try memory.write(initrd, at: address)
+        try initrd.copy(0..<initrd.count, into: memory, at: address)
         return (address, size)
     }
 

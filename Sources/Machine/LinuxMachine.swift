@@ -28,12 +28,7 @@ public final class LinuxMachine: Sendable {
     public init(config: BootConfiguration, kvmPath: String = "/dev/kvm",
                 consoleOutput: @escaping @Sendable (UInt8) -> Void,
                 onBootMarker: @escaping @Sendable (UInt64) -> Void = { _ in }) throws {
-        // Keep the settings, not the kernel and initrd bytes: once loaded into
-        // guest RAM they are dead weight in svmm's own memory.
-        var settings = config
-        settings.kernel = []
-        settings.initrd = nil
-        self.config = settings
+        self.config = config
         let hypervisor = try Hypervisor(path: kvmPath)
         let vm = try hypervisor.createVM()
         self.vm = vm

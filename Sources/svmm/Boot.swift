@@ -75,25 +75,25 @@ struct Boot: ParsableCommand {
     @OptionGroup(title: "Exit telemetry")
     var telemetry: TelemetryOptions
 
-    /// Reads the files and builds the machine. The file bytes are locals
-    /// here, so they are freed once the kernel and initrd are in guest RAM.
+    /// Opens the files and builds the machine; the kernel and initrd are read
+    /// straight into guest RAM.
     func makeMachine(started: UInt64) -> LinuxMachine {
         let cache = ArtifactCache.directory
         let kernelPath = kernel ?? cache + "/guest/bzImage"
         let initrdPath = initrd ?? (kernel == nil ? cache + "/guest/initramfs.cpio.gz" : nil)
-        guard let kernelBytes = FirmwareLocation.readFile(kernelPath) else {
+        let kernelImage: ImageSource
+        do { kernelImage = try ImageSource(path: kernelPath) } catch {
             let hint = kernel == nil ? "; build the default test guest with Scripts/guest-artifacts" : ""
-            fail("cannot read kernel \(kernelPath): \(String(cString: strerror(errno)))\(hint)", .noInput)
+            fail("cannot read kernel \(kernelPath): \(error.reason)\(hint)", .noInput)
         }
-        var initrdBytes: [UInt8]?
+        var initrdImage: ImageSource?
         if let initrdPath {
-            guard let b = FirmwareLocation.readFile(initrdPath) else {
-                fail("cannot read initrd \(initrdPath): \(String(cString: strerror(errno)))", .noInput)
+            do { initrdImage = try ImageSource(path: initrdPath) } catch {
+                fail("cannot read initrd \(initrdPath): \(error.reason)", .noInput)
             }
-            initrdBytes = b
         }
         var config = BootConfiguration(
-            kernelPath: kernelPath, kernel: kernelBytes, initrdPath: initrdPath, initrd: initrdBytes,
+            kernel: kernelImage, initrd: initrdImage,
             commandLine: cmdline, cpus: cpus, memoryBytes: Sizes.bytes(memory)!,
             timeoutSeconds: timeout.flatMap(Sizes.seconds))
         config.startTime = started

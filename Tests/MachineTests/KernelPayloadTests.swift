@@ -51,6 +51,10 @@ import Testing
         let entry = try LinuxLoader.load(config, into: memory)
         #expect(entry.mode == .pvh32 && entry.decompressed == kind && entry.rip == 0x100_0000)
         #expect(try memory.read(at: 0x100_0000, count: 8) == Array(code.prefix(8)))
+        // The payload was staged and decompressed at the top of RAM; those pages are zero again.
+        let top = memory.regions[0].end
+        let stagedBytes = UInt64(payload.count + elf.count)
+        #expect(try memory.read(at: top - stagedBytes, count: Int(stagedBytes)).allSatisfy { $0 == 0 })
 
         var linux = config
         linux.bootProtocol = .linux
@@ -69,7 +73,7 @@ import Testing
             try LinuxLoader.load(config, into: memory)
         }
         // A corrupted gzip stream is reported as such.
-        config.kernel = SyntheticKernel.bzImage(payload: [0x1F, 0x8B, 8, 0] + [UInt8](repeating: 0xAB, count: 60))
+        config.kernel = ImageSource(SyntheticKernel.bzImage(payload: [0x1F, 0x8B, 8, 0] + [UInt8](repeating: 0xAB, count: 60)), path: "/k")
         #expect(throws: LoaderError.noPVHPath(path: "/k", reason: "its gzip payload does not decompress")) {
             try LinuxLoader.load(config, into: memory)
         }

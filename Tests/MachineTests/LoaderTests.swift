@@ -1,4 +1,5 @@
 import Testing
+import Glibc
 @testable import Machine
 
 @Suite struct LoaderTests {
@@ -128,5 +129,56 @@ import Testing
         #expect(try memory.load(UInt64.self, at: si + 32) == Layout.acpiStart)
         #expect(try memory.load(UInt32.self, at: si + 48) == 3)                           // memmap entries
         #expect(try memory.read(at: 0x100_0000, count: 1) == [0xF4])
+    }
+}
+
+/// Kernels and initrds given as files are read straight into guest RAM.
+@Suite struct ImageFileTests {
+    func temporaryFile(_ bytes: [UInt8]) throws -> String {
+        var template = Array("/tmp/svmm-image-XXXXXX".utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        try #require(fd >= 0)
+        defer { close(fd) }
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        try #require(written == bytes.count)
+        return String(cString: template.map { UInt8(bitPattern: $0) })
+    }
+
+    @Test func aKernelAndInitrdFromFilesLandInGuestRAMByteForByte() throws {
+        let kernelBytes = SyntheticKernel.bzImage(code: (0..<5000).map { UInt8(truncatingIfNeeded: $0 * 7) })
+        let initrdBytes = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 3) }
+        let kernelPath = try temporaryFile(kernelBytes), initrdPath = try temporaryFile(initrdBytes)
+        defer { unlink(kernelPath); unlink(initrdPath) }
+        let config = BootConfiguration(kernel: try ImageSource(path: kernelPath), initrd: try ImageSource(path: initrdPath),
+                                       memoryBytes: 64 << 20)
+        let memory = try GuestMemory(layout: Layout.ramRegions(size: config.memoryBytes))
+        _ = try LinuxLoader.load(config, into: memory)
+
+        let image = try BzImage(ImageSource(kernelBytes))
+        let loaded = try memory.read(at: image.loadAddress, count: image.protectedModeKernel.count)
+        #expect(loaded == Array(kernelBytes[image.protectedModeKernel]))
+        let initrdAddress = UInt64(try memory.load(UInt32.self, at: Layout.zeroPage + 0x218))
+        let initrdSize = Int(try memory.load(UInt32.self, at: Layout.zeroPage + 0x21C))
+        #expect(initrdSize == initrdBytes.count)
+        #expect(try memory.read(at: initrdAddress, count: initrdSize) == initrdBytes)
+    }
+
+    @Test func aFileShorterThanItsHeaderSaysIsTruncatedNotGarbage() throws {
+        let kernelBytes = SyntheticKernel.bzImage(code: [UInt8](repeating: 0x90, count: 8192))
+        let path = try temporaryFile(kernelBytes)
+        defer { unlink(path) }
+        let source = try ImageSource(path: path)
+        truncate(path, off_t(kernelBytes.count - 4096))   // shrinks after svmm opened it
+        let memory = try GuestMemory(size: 64 << 20)
+        let image = try BzImage(source)
+        #expect(throws: LoaderError.truncated(path: path, needed: kernelBytes.count, actual: kernelBytes.count - 4096)) {
+            try source.copy(image.protectedModeKernel, into: memory, at: image.loadAddress)
+        }
+    }
+
+    @Test func aDirectoryOrMissingFileIsRefusedWithItsErrno() {
+        #expect(throws: ImageOpenError.self) { try ImageSource(path: "/tmp") }
+        do { _ = try ImageSource(path: "/tmp") } catch { #expect(error.errno == EISDIR) }
+        do { _ = try ImageSource(path: "/nonexistent/kernel") } catch { #expect(error.errno == ENOENT) }
     }
 }

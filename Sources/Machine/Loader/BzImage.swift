@@ -4,8 +4,8 @@ public struct BzImage: Sendable {
     public let path: String
     /// The setup header bytes, 0x1F1 up to its end, copied into the zero page.
     public let setupHeader: [UInt8]
-    /// The protected-mode kernel (everything after the setup sectors).
-    public let protectedModeKernel: ArraySlice<UInt8>
+    /// Where the protected-mode kernel (everything after the setup sectors) lies in the file.
+    public let protectedModeKernel: Range<Int>
     public let protocolVersion: UInt16
     public let loadFlags: UInt8
     public let initrdAddressMax: UInt32
@@ -19,8 +19,11 @@ public struct BzImage: Sendable {
 
     static let headerMagic: [UInt8] = Array("HdrS".utf8)
 
-    public init(path: String, bytes image: [UInt8]) throws(LoaderError) {
+    /// Validates the header: only the first page of the file is read.
+    public init(_ source: ImageSource) throws(LoaderError) {
+        let path = source.path
         self.path = path
+        let image = source.read(0..<0x1000)
         guard image.count >= 0x250, Array(image[0x202..<0x206]) == Self.headerMagic else {
             throw .notAKernel(path: path)
         }
@@ -34,14 +37,14 @@ public struct BzImage: Sendable {
         let setupSectors = Int(u8(0x1F1) == 0 ? 4 : u8(0x1F1))
         let kernelStart = (setupSectors + 1) * 512
         let kernelSize = Int(u32(0x1F4)) * 16
-        guard kernelStart + kernelSize <= image.count, kernelStart < image.count else {
-            throw .truncated(path: path, needed: kernelStart + kernelSize, actual: image.count)
+        guard kernelStart + kernelSize <= source.count, kernelStart < source.count else {
+            throw .truncated(path: path, needed: kernelStart + kernelSize, actual: source.count)
         }
         // XLF_KERNEL_64 (xloadflags bit 0, protocol 2.12+): a 64-bit entry at +0x200.
         guard protocolVersion >= 0x20C, u16(0x236) & 1 != 0 else { throw .no64BitEntry(path: path) }
         let headerEnd = min(0x202 + Int(u8(0x201)), 0x290)
         setupHeader = Array(image[0x1F1..<headerEnd])
-        protectedModeKernel = image[kernelStart..<(kernelStart + kernelSize)]
+        protectedModeKernel = kernelStart..<(kernelStart + kernelSize)
         loadFlags = u8(0x211)
         initrdAddressMax = u32(0x22C)
         commandLineSize = protocolVersion >= 0x206 ? u32(0x238) : 255
@@ -59,14 +62,14 @@ public struct BzImage: Sendable {
     /// The 64-bit entry point (boot protocol: load address + 0x200).
     public var entry64: UInt64 { loadAddress + 0x200 }
 
-    /// The compressed kernel (protocol 2.08+), if the header locates one
-    /// inside the protected-mode part.
-    public var payload: ArraySlice<UInt8>? {
+    /// Where the compressed kernel (protocol 2.08+) lies in the file, if the
+    /// header locates one inside the protected-mode part.
+    public var payload: Range<Int>? {
         guard protocolVersion >= 0x208, payloadLength > 0 else { return nil }
-        let start = protectedModeKernel.startIndex + Int(payloadOffset)
+        let start = protectedModeKernel.lowerBound + Int(payloadOffset)
         let end = start + Int(payloadLength)
-        guard end <= protectedModeKernel.endIndex else { return nil }
-        return protectedModeKernel[start..<end]
+        guard end <= protectedModeKernel.upperBound else { return nil }
+        return start..<end
     }
 
     /// Bytes of RAM the kernel occupies from its load address while booting.

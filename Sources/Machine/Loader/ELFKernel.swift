@@ -18,8 +18,14 @@ public struct ELFKernel: Sendable {
         bytes.count >= 4 && bytes[0..<4] == [0x7F, 0x45, 0x4C, 0x46]
     }
 
-    public init(path: String, bytes b: [UInt8]) throws(LoaderError) {
+    public static func isELF(_ source: ImageSource) -> Bool { isELF(source.read(0..<4)) }
+
+    /// Validates the headers and finds the PVH entry; reads only the ELF
+    /// header, the program headers and the notes.
+    public init(_ source: ImageSource) throws(LoaderError) {
+        let path = source.path
         self.path = path
+        let b = source.read(0..<64)
         guard Self.isELF(b) else { throw .notAKernel(path: path) }
         guard b.count >= 64 else { throw .truncated(path: path, needed: 64, actual: b.count) }
         // ELFCLASS64, little-endian, x86-64.
@@ -27,25 +33,27 @@ public struct ELFKernel: Sendable {
         let phoff = Self.u64(b, 32)
         let phentsize = Int(Self.u16(b, 54)), phnum = Int(Self.u16(b, 56))
         let tableEnd = phoff.addingReportingOverflow(UInt64(phentsize * phnum))
-        guard phentsize >= 56, !tableEnd.overflow, tableEnd.partialValue <= UInt64(b.count) else {
-            throw .truncated(path: path, needed: Int(clamping: tableEnd.partialValue), actual: b.count)
+        guard phentsize >= 56, !tableEnd.overflow, tableEnd.partialValue <= UInt64(source.count) else {
+            throw .truncated(path: path, needed: Int(clamping: tableEnd.partialValue), actual: source.count)
         }
+        let table = source.read(Int(phoff)..<Int(tableEnd.partialValue))
         var segments: [Segment] = []
         var entry: UInt64?
         for i in 0..<phnum {
-            let h = Int(phoff) + i * phentsize
-            let type = Self.u32(b, h)
-            let offset = Self.u64(b, h + 8), paddr = Self.u64(b, h + 24)
-            let filesz = Self.u64(b, h + 32), memsz = Self.u64(b, h + 40)
+            let h = i * phentsize
+            let type = Self.u32(table, h)
+            let offset = Self.u64(table, h + 8), paddr = Self.u64(table, h + 24)
+            let filesz = Self.u64(table, h + 32), memsz = Self.u64(table, h + 40)
             let end = offset.addingReportingOverflow(filesz)
-            guard !end.overflow, end.partialValue <= UInt64(b.count) else {
-                throw .truncated(path: path, needed: Int(clamping: end.partialValue), actual: b.count)
+            guard !end.overflow, end.partialValue <= UInt64(source.count) else {
+                throw .truncated(path: path, needed: Int(clamping: end.partialValue), actual: source.count)
             }
             let range = Int(offset)..<Int(end.partialValue)
             if type == 1 {   // PT_LOAD
                 segments.append(Segment(physicalAddress: paddr, fileRange: range, memorySize: max(memsz, filesz)))
-            } else if type == 4, entry == nil {   // PT_NOTE
-                entry = Self.pvhEntry(in: b, range)
+            } else if type == 4, entry == nil, range.count <= 1 << 20 {   // PT_NOTE
+                let notes = source.read(range)
+                entry = Self.pvhEntry(in: notes, 0..<notes.count)
             }
         }
         guard let entry else { throw .noPVHNote(path: path) }

@@ -11,7 +11,11 @@ public enum KernelPayload {
 
     /// Compressions by magic (arch/x86/boot/compressed/Makefile's choices).
     public static func detect(_ b: ArraySlice<UInt8>) -> Compression? {
-        func starts(_ magic: [UInt8]) -> Bool { b.count >= magic.count && Array(b.prefix(magic.count)) == magic }
+        Array(b).withUnsafeBytes { detect($0) }
+    }
+
+    public static func detect(_ b: UnsafeRawBufferPointer) -> Compression? {
+        func starts(_ magic: [UInt8]) -> Bool { b.count >= magic.count && b.prefix(magic.count).elementsEqual(magic) }
         if starts([0x1F, 0x8B]) { return .gzip }
         if starts([0xFD, 0x37, 0x7A, 0x58, 0x5A, 0x00]) { return .xz }
         if starts([0x42, 0x5A, 0x68]) { return .bzip2 }
@@ -27,33 +31,67 @@ public enum KernelPayload {
         case unknownCompression
         case unsupported(Compression)
         case corrupt(Compression)
+
+        /// Why the payload cannot be entered through PVH, for `--boot-protocol pvh` errors.
+        public var reason: String {
+            switch self {
+            case .noPayload: return "its payload is empty"
+            case .unknownCompression: return "its payload's compression is unknown"
+            case .unsupported(let c): return "svmm cannot decompress \(c) payloads"
+            case .corrupt(let c): return "its \(c) payload does not decompress"
+            }
+        }
     }
 
-    /// Decompresses a payload. Linux's build appends the uncompressed size as
-    /// 4 little-endian bytes after every stream (gzip's own trailer ends with
-    /// the same number), which sizes the output buffer.
-    public static func decompress(_ payload: ArraySlice<UInt8>) throws(Failure) -> (Compression, [UInt8]) {
+    /// The size a payload decompresses to. Linux's build appends it as 4
+    /// little-endian bytes after every stream (gzip's own trailer ends with
+    /// the same number).
+    public static func uncompressedSize(_ payload: UnsafeRawBufferPointer) throws(Failure) -> (Compression, Int) {
         guard payload.count > 8 else { throw .noPayload }
         guard let kind = detect(payload) else { throw .unknownCompression }
         let tail = payload.suffix(4).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
         guard tail > 0, tail <= 1 << 30 else { throw .corrupt(kind) }
-        let input = Array(kind == .gzip ? payload : payload.dropLast(4))
-        var out = [UInt8](repeating: 0, count: tail)
-        let produced: Int? = input.withUnsafeBufferPointer { src in
-            out.withUnsafeMutableBufferPointer { dst in
-                switch kind {
-                case .gzip: return inflate(src, dst)
-                case .xz, .lzma: return unxz(src, dst, alone: kind == .lzma)
-                case .bzip2: return bunzip2(src, dst)
-                case .lz4: return unlz4Legacy(src, dst)
-                case .zstd: return unzstd(src, dst)
-                case .lzo: return nil
-                }
+        return (kind, tail)
+    }
+
+    /// Decompresses a payload into `out`, which must be exactly its
+    /// uncompressed size. The decoders work in place in the caller's buffers
+    /// (guest RAM when booting), so svmm holds only their small state.
+    public static func decompress(_ payload: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) throws(Failure) -> Compression {
+        let (kind, size) = try uncompressedSize(payload)
+        guard out.count == size else { throw .corrupt(kind) }
+        let src = UnsafeBufferPointer(start: payload.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                      count: kind == .gzip ? payload.count : payload.count - 4)
+        let dst = UnsafeMutableBufferPointer(start: out.baseAddress!.assumingMemoryBound(to: UInt8.self), count: out.count)
+        let produced: Int?
+        switch kind {
+        case .gzip: produced = inflate(src, dst)
+        case .xz, .lzma: produced = unxz(src, dst, alone: kind == .lzma)
+        case .bzip2: produced = bunzip2(src, dst)
+        case .lz4: produced = unlz4Legacy(src, dst)
+        case .zstd: produced = unzstd(src, dst)
+        case .lzo: throw .unsupported(.lzo)
+        }
+        guard let produced, produced == size else { throw .corrupt(kind) }
+        return kind
+    }
+
+    /// Decompresses a payload into a new array.
+    public static func decompress(_ payload: ArraySlice<UInt8>) throws(Failure) -> (Compression, [UInt8]) {
+        let input = Array(payload)
+        let result: Result<(Compression, [UInt8]), Failure> = input.withUnsafeBytes { src in
+            do {
+                let (_, size) = try uncompressedSize(src)
+                var out = [UInt8](repeating: 0, count: size)
+                let kind = try out.withUnsafeMutableBytes { dst in Result { () throws(Failure) in try decompress(src, into: dst) } }.get()
+                return .success((kind, out))
+            } catch let error as Failure {
+                return .failure(error)
+            } catch {
+                return .failure(.noPayload)   // unreachable: only Failure is thrown
             }
         }
-        if kind == .lzo { throw .unsupported(.lzo) }
-        guard let produced, produced == tail else { throw .corrupt(kind) }
-        return (kind, out)
+        return try result.get()
     }
 
     typealias Source = UnsafeBufferPointer<UInt8>

@@ -1,3 +1,5 @@
+import Glibc
+
 /// Why a kernel or initrd cannot be booted. Each prints as one line saying
 /// what is wrong and what to do.
 public enum LoaderError: Error, CustomStringConvertible, Equatable, Sendable {
@@ -10,6 +12,7 @@ public enum LoaderError: Error, CustomStringConvertible, Equatable, Sendable {
     case memoryTooSmall(needed: UInt64, available: UInt64)
     case noPVHNote(path: String)
     case noPVHPath(path: String, reason: String)
+    case readFailed(path: String, errno: Int32)
 
     public var description: String {
         switch self {
@@ -29,6 +32,8 @@ public enum LoaderError: Error, CustomStringConvertible, Equatable, Sendable {
             return "guest RAM of \(available >> 20) MiB is too small for the kernel and initrd (\(needed >> 20) MiB needed): raise --memory"
         case let .noPVHPath(p, reason):
             return "\(p) cannot be booted through PVH: \(reason); use --boot-protocol linux or auto"
+        case let .readFailed(p, e):
+            return "cannot read \(p): \(String(cString: strerror(e))): check the file and the disk it is on"
         case .noPVHNote(let p):
             return "\(p) is an ELF kernel without a PVH entry note: build with CONFIG_PVH=y or boot the bzImage"
         }
