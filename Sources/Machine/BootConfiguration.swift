@@ -9,6 +9,14 @@ public enum BootProtocol: String, Sendable, CaseIterable {
     case pvh
 }
 
+/// Which device is the guest's interactive console (stdin and stdout).
+public enum ConsoleDevice: String, Sendable, CaseIterable {
+    /// COM1, the guest's ttyS0.
+    case serial
+    /// A virtio-console on PCI, the guest's hvc0 (COM1 still prints early boot messages).
+    case virtio
+}
+
 /// What `svmm boot` was asked to boot.
 public struct BootConfiguration: Sendable {
     public var kernelPath: String { kernel.path }
@@ -31,7 +39,14 @@ public struct BootConfiguration: Sendable {
     /// Open KVM's binary statistics for the VM and every vCPU.
     public var kvmStatistics = false
 
+    /// Which device gets stdin (and is the kernel's console with the default command line).
+    public var console: ConsoleDevice = .serial
+    /// A virtio-rng device on PCI (entropy from the host's getrandom).
+    public var entropy = true
+
     public static let defaultCommandLine = "console=ttyS0 panic=-1"
+    /// With `--console virtio`: early messages on ttyS0, then hvc0 once virtio_console loads.
+    public static let virtioConsoleCommandLine = "console=ttyS0 console=hvc0 panic=-1"
 
     public init(kernel: ImageSource, initrd: ImageSource? = nil,
                 commandLine: String = defaultCommandLine, cpus: Int = 1, memoryBytes: UInt64 = 512 << 20,

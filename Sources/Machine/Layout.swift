@@ -21,6 +21,8 @@ public enum Layout {
     /// The 32-bit PCI hole: [3 GiB, 4 GiB) holds no RAM.
     public static let pciHoleStart: UInt64 = 0xC000_0000
     public static let highMemoryStart: UInt64 = 0x1_0000_0000
+    /// Where svmm places PCI memory BARs (inside the root bridge's window, clear of the boot marker).
+    public static let pciBARStart: UInt64 = 0xE000_0000
     public static let ioAPIC: UInt64 = 0xFEC0_0000
     public static let localAPIC: UInt64 = 0xFEE0_0000
 

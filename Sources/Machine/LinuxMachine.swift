@@ -25,8 +25,16 @@ public final class LinuxMachine: Sendable {
     private let finished = DispatchSemaphore(value: 0)
 
     /// Builds the machine and loads the kernel; nothing runs yet.
+    /// The virtio devices on PCI, each with its own thread while running.
+    public let virtio: [VirtioPCIDevice]
+
+    /// `consoleOutput` gets COM1's bytes; `virtioConsoleOutput` the
+    /// virtio-console's (in blocks), and `consoleInput` is the file
+    /// descriptor the virtio-console reads (with `config.console == .virtio`).
     public init(config: BootConfiguration, kvmPath: String = "/dev/kvm",
                 consoleOutput: @escaping @Sendable (UInt8) -> Void,
+                virtioConsoleOutput: (@Sendable (UnsafeRawBufferPointer) -> Void)? = nil,
+                consoleInput: Int32? = nil,
                 onBootMarker: @escaping @Sendable (UInt64) -> Void = { _ in }) throws {
         self.config = config
         let hypervisor = try Hypervisor(path: kvmPath)
@@ -52,10 +60,36 @@ public final class LinuxMachine: Sendable {
         pio.register(power, ports(ACPITables.sleepControlPort, ACPITables.resetPort), name: "acpi-power")
         pio.register(power, ports(PowerControl.i8042Command, PowerControl.i8042Command), name: "i8042")
         pio.register(CMOSClock(), ports(CMOSClock.indexPort, CMOSClock.dataPort), name: "cmos-rtc")
-        pio.register(PCIHostBridge(), ports(PCIHostBridge.addressPort, PCIHostBridge.dataPort + 3), name: "pci-config")
         pio.register(PanicDevice { finish.value?(.panic) }, ports(PanicDevice.port, PanicDevice.port), name: "pvpanic")
         bootMarker = BootMarker(start: config.startTime, onReached: onBootMarker)
         mmio.register(bootMarker, BootMarker.address...BootMarker.address, name: "boot-marker")
+
+        // Virtio devices on PCI: MSI-X through GSI routes and irqfds, queue
+        // notifications through ioeventfds.
+        var devices: [(any VirtioDevice, String)] = []
+        if config.console == .virtio {
+            let output = virtioConsoleOutput ?? { bytes in for b in bytes { consoleOutput(b) } }
+            devices.append((VirtioConsole(input: consoleInput, output: output), "virtio-console"))
+        }
+        if config.entropy { devices.append((VirtioRNG(), "virtio-rng")) }
+        let router = GSIRouter(vm: vm)
+        var functions: [VirtioPCIDevice] = []
+        for (i, (device, name)) in devices.enumerated() {
+            let bar = Layout.pciBARStart + UInt64(i) * VirtioPCIDevice.barSize
+            let function = try VirtioPCIDevice(device: device, barAddress: bar, memory: memory) { vectors in
+                try KVMMSIX(vm: vm, router: router, vectors: vectors)
+            }
+            mmio.register(function, bar...(bar + VirtioPCIDevice.barSize - 1), name: name)
+            for (q, event) in function.notifyEvents.enumerated() {
+                let address = bar + UInt64(VirtioPCIDevice.notifyOffset + q * VirtioPCIDevice.notifyMultiplier)
+                do { try vm.attachIOEventFD(event, mmio: address, length: 2) } catch {
+                    logLine("svmm: \(error): \(name) notifications will exit to svmm")
+                }
+            }
+            functions.append(function)
+        }
+        virtio = functions
+        pio.register(PCIHostBridge(functions: functions), ports(PCIHostBridge.addressPort, PCIHostBridge.dataPort + 3), name: "pci-config")
         self.pio = pio
         self.mmio = mmio
 
@@ -136,6 +170,10 @@ public final class LinuxMachine: Sendable {
         let runners = vcpus.map { vcpu in
             VCPUThread(vcpu: vcpu) { [self] vcpu in self.runLoop(vcpu) }
         }
+        var deviceThreads: [pthread_t] = []
+        for device in virtio {
+            deviceThreads.append(try startHostThread("virtio device \(device.device.deviceID)") { device.run() })
+        }
         for r in runners { try r.start() }
         let result: DispatchTimeoutResult
         if let t = config.timeoutSeconds {
@@ -147,6 +185,8 @@ public final class LinuxMachine: Sendable {
         if result == .timedOut { finish(.timeout) }
         for r in runners { r.stop() }
         for r in runners { r.join() }
+        for device in virtio { device.stop() }
+        for t in deviceThreads { pthread_join(t, nil) }
         let rips = vcpus.map { try? $0.getRegisters().rip }
         stopped.withLock { $0 = rips }
         return outcome.withLock { $0 } ?? .hostError("no outcome")

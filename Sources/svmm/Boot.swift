@@ -11,14 +11,17 @@ struct Boot: ParsableCommand {
             With no --kernel, boots the default test guest from the artifact cache
             (Scripts/guest-artifacts; $SVMM_CACHE or ~/.cache/svmm).
 
-            The guest's console is COM1 (ttyS0) on this terminal; stdin goes to the
-            guest (raw mode on a terminal; Ctrl-C goes to the guest too).
+            The guest's console is COM1 (ttyS0) on this terminal, or hvc0 with
+            --console virtio; stdin goes to the guest (raw mode on a terminal;
+            Ctrl-C goes to the guest too). A virtio-rng device feeds the guest's
+            /dev/hwrng unless --no-rng.
 
             Examples:
               svmm boot
               svmm boot --kernel bzImage --initrd initrd.gz --cmdline "console=ttyS0 quiet"
               svmm boot --kernel bzImage --memory 1G --timeout 30s
               svmm boot --cpus 2 --stats run.jsonl --stats-summary
+              svmm boot --console virtio
 
             Exit status: 0 guest powered off, 10 guest rebooted, 11 guest panicked
             (pvpanic), 12 triple fault,
@@ -34,8 +37,15 @@ struct Boot: ParsableCommand {
     @Option(help: "Initramfs. Default: the test guest's (when --kernel is not given).")
     var initrd: String?
 
-    @Option(help: "Kernel command line.")
-    var cmdline: String = BootConfiguration.defaultCommandLine
+    @Option(help: ArgumentHelp("Kernel command line.",
+                               discussion: "Default: '\(BootConfiguration.defaultCommandLine)', or '\(BootConfiguration.virtioConsoleCommandLine)' with --console virtio."))
+    var cmdline: String?
+
+    @Option(help: "The guest's console device: serial (COM1, ttyS0) or virtio (virtio-console on PCI, hvc0; COM1 still shows early boot messages).")
+    var console: ConsoleDevice = .serial
+
+    @Flag(inversion: .prefixedNo, help: "A virtio-rng entropy device on PCI (fed by the host's getrandom).")
+    var rng = true
 
     @Option(help: "Number of vCPUs.")
     var cpus: Int = 1
@@ -94,12 +104,15 @@ struct Boot: ParsableCommand {
         }
         var config = BootConfiguration(
             kernel: kernelImage, initrd: initrdImage,
-            commandLine: cmdline, cpus: cpus, memoryBytes: Sizes.bytes(memory)!,
+            commandLine: cmdline ?? (console == .virtio ? BootConfiguration.virtioConsoleCommandLine : BootConfiguration.defaultCommandLine),
+            cpus: cpus, memoryBytes: Sizes.bytes(memory)!,
             timeoutSeconds: timeout.flatMap(Sizes.seconds))
         config.startTime = started
         config.exitTiming = telemetry.enabled
         config.kvmStatistics = telemetry.enabled
         config.bootProtocol = bootProtocol
+        config.console = console
+        config.entropy = rng
         do { config.cpuFeatures = try cpuFeatures.map { try CPUFeatures.parse($0) } ?? [] } catch { fail("\(error)", .usage) }
         let reportBootTime = bootTime
 
@@ -107,7 +120,14 @@ struct Boot: ParsableCommand {
             return try LinuxMachine(config: config, kvmPath: device, consoleOutput: { byte in
                 var b = byte
                 _ = write(1, &b, 1)
-            }, onBootMarker: { ns in
+            }, virtioConsoleOutput: { bytes in
+                var done = 0
+                while done < bytes.count {
+                    let n = write(1, bytes.baseAddress! + done, bytes.count - done)
+                    if n < 0 { if errno == EINTR || errno == EAGAIN { continue }; return }
+                    done += n
+                }
+            }, consoleInput: console == .virtio ? 0 : nil, onBootMarker: { ns in
                 if reportBootTime { FileHandleOutput.stderr("svmm: boot marker reached after \(ns / 1_000_000) ms\n") }
             })
         } catch let e as LoaderError {
@@ -139,10 +159,10 @@ struct Boot: ParsableCommand {
             FileHandleOutput.stderr("svmm: entering the kernel through \(how)\n")
         }
 
-        // Console input: stdin → COM1.
+        // Console input: stdin → COM1 (the virtio-console reads stdin on its own thread).
         Terminal.enterRawMode()
         let serial = machine.serial
-        _ = try? startHostThread("console input", detached: true) {
+        if console == .serial { _ = try? startHostThread("console input", detached: true) {
             var buffer = [UInt8](repeating: 0, count: 256)
             while true {
                 let n = buffer.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
@@ -154,7 +174,7 @@ struct Boot: ParsableCommand {
                     if !pending.isEmpty { usleep(1000) }
                 }
             }
-        }
+        } }
         var sources: [DispatchSourceSignal] = []
         for sig in [SIGINT, SIGTERM, SIGHUP] {
             signal(sig, SIG_IGN)
@@ -235,3 +255,4 @@ extension String {
 
 
 extension BootProtocol: ExpressibleByArgument {}
+extension ConsoleDevice: ExpressibleByArgument {}

@@ -11,6 +11,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/ioctl.h>
 #include <time.h>
 #include <linux/kvm.h>
@@ -45,6 +47,42 @@ static inline int ckvm_irq_line(int fd, uint32_t irq, uint32_t level) {
     struct kvm_irq_level l = { .irq = irq, .level = level };
     return CKVM_RESULT(ioctl(fd, KVM_IRQ_LINE, &l));
 }
+
+// KVM_IRQFD: a write to eventfd `efd` raises GSI `gsi` (flags: KVM_IRQFD_FLAG_DEASSIGN).
+static inline int ckvm_irqfd(int fd, int efd, uint32_t gsi, uint32_t flags) {
+    struct kvm_irqfd r = { .fd = (uint32_t)efd, .gsi = gsi, .flags = flags };
+    return CKVM_RESULT(ioctl(fd, KVM_IRQFD, &r));
+}
+// KVM_IOEVENTFD: a guest write of `len` bytes at `addr` (MMIO, or a port
+// with KVM_IOEVENTFD_FLAG_PIO) signals eventfd `efd` without leaving KVM.
+static inline int ckvm_ioeventfd(int fd, int efd, uint64_t addr, uint32_t len, uint32_t flags, uint64_t datamatch) {
+    struct kvm_ioeventfd r = { .datamatch = datamatch, .addr = addr, .len = len, .fd = efd, .flags = flags };
+    return CKVM_RESULT(ioctl(fd, KVM_IOEVENTFD, &r));
+}
+// One GSI route, flattened for Swift: an irqchip pin (a = chip, b = pin) or
+// an MSI message (a = address_lo, b = address_hi, c = data).
+struct ckvm_route { uint32_t gsi, type, a, b, c; };
+// KVM_SET_GSI_ROUTING replaces the VM's whole routing table; kvm_irq_routing
+// ends in a flexible array, so it is assembled here.
+int ckvm_set_gsi_routing(int fd, const struct ckvm_route *routes, uint32_t count);
+static inline int ckvm_signal_msi(int fd, uint32_t address_lo, uint32_t address_hi, uint32_t data) {
+    struct kvm_msi m = { .address_lo = address_lo, .address_hi = address_hi, .data = data };
+    return CKVM_RESULT(ioctl(fd, KVM_SIGNAL_MSI, &m));
+}
+
+static inline uint32_t ckvm_ioeventfd_deassign_flag(void) { return KVM_IOEVENTFD_FLAG_DEASSIGN; }
+// A non-blocking, close-on-exec eventfd (EFD_* are macros Swift cannot see through).
+static inline int ckvm_eventfd(void) { return CKVM_RESULT(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)); }
+
+static inline long ckvm_getrandom(void *buf, unsigned long len) { return getrandom(buf, len, 0); }
+
+// Virtqueue memory ordering (virtio 1.2 §2.7.13): the device must read the
+// available index before the entries it covers, publish used entries before
+// the used index, and order its used-index store before reading the driver's
+// event index / flags. C11 fences, as Swift has none over plain memory.
+static inline void ckvm_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+static inline void ckvm_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
+static inline void ckvm_fence_full(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
 // vCPU ioctls.
 static inline int ckvm_run(int fd) { return CKVM_RESULT(ioctl(fd, KVM_RUN, 0)); }

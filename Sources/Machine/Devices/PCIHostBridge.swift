@@ -1,9 +1,10 @@
 import Synchronization
 
 /// PCI configuration mechanism #1 (PCI Local Bus spec 3.0 §3.2.2.3.2): the
-/// address register at 0xCF8 and the data window at 0xCFC–0xCFF, with one
-/// device, the host bridge at 00:00.0. Every other function reads as absent
-/// (all ones), which is how a guest learns a slot is empty.
+/// address register at 0xCF8 and the data window at 0xCFC–0xCFF. Bus 0 holds
+/// the host bridge at 00:00.0 and the board's functions at 00:01.0, 00:02.0, …
+/// Every other function reads as absent (all ones), which is how a guest
+/// learns a slot is empty.
 public final class PCIHostBridge: BusDevice {
     public static let addressPort: UInt16 = 0xCF8
     public static let dataPort: UInt16 = 0xCFC
@@ -15,7 +16,11 @@ public final class PCIHostBridge: BusDevice {
     /// The host bridge's 256-byte type-0 configuration header.
     let config: [UInt8]
 
-    public init() {
+    /// Functions at devices 1, 2, … of bus 0 (function 0 each).
+    let functions: [any PCIFunction]
+
+    public init(functions: [any PCIFunction] = []) {
+        self.functions = functions
         var c = [UInt8](repeating: 0, count: 256)
         func put(_ v: UInt32, _ n: Int, at o: Int) { for i in 0..<n { c[o + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
         put(UInt32(Self.vendor), 2, at: 0x00)
@@ -38,16 +43,31 @@ public final class PCIHostBridge: BusDevice {
         }
         let cf8 = address.withLock { $0 }
         let offset = Int(cf8 & 0xFC) + Int(port - Self.dataPort)
-        // Only bus 0, device 0, function 0 exists.
+        if let function = function(cf8), offset + data.count <= 256 {
+            return function.readConfig(offset, data)
+        }
+        // Bus 0, device 0, function 0: the host bridge.
         let present = cf8 & Self.enable != 0 && cf8 & 0x00FF_FF00 == 0
         for i in 0..<data.count {
             data[i] = present && offset + i < config.count ? config[offset + i] : 0xFF
         }
     }
 
+    /// The function the address register selects, if it is one of the board's.
+    func function(_ cf8: UInt32) -> (any PCIFunction)? {
+        guard cf8 & Self.enable != 0, cf8 & 0x00FF_0000 == 0, cf8 & 0x700 == 0 else { return nil }
+        let device = Int(cf8 >> 11) & 0x1F
+        return device >= 1 && device <= functions.count ? functions[device - 1] : nil
+    }
+
     public func write(address a: UInt64, data: UnsafeRawBufferPointer) {
         let port = UInt16(truncatingIfNeeded: a)
-        // The host bridge's registers are read-only here; only the address latches.
+        if port >= Self.dataPort {
+            let cf8 = address.withLock { $0 }
+            let offset = Int(cf8 & 0xFC) + Int(port - Self.dataPort)
+            if let function = function(cf8), offset + data.count <= 256 { function.writeConfig(offset, data) }
+            return   // the host bridge's own registers are read-only here
+        }
         guard port == Self.addressPort, data.count == 4 else { return }
         var v: UInt32 = 0
         for i in 0..<4 { v |= UInt32(data[i]) << (8 * i) }

@@ -1,0 +1,92 @@
+import Glibc
+import Synchronization
+
+/// virtio-console (virtio 1.2 §5.3) with one port and no MULTIPORT: the
+/// guest's hvc0. Queue 0 (receiveq) carries host input to the guest, queue 1
+/// (transmitq) the guest's output to the host.
+public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
+    // SAFETY (@unchecked Sendable): `pending` is touched only on the device
+    // thread (inputReady/process run there one at a time); `output` and
+    // `input` are immutable.
+    public let deviceID: UInt16 = 3
+    public let pciClass: UInt32 = 0x07_8000          // simple communication controller, other
+    public let deviceFeatures: UInt64 = 0
+    public let queueMaxSizes: [UInt16] = [256, 256]
+    public static let receiveQueue = 0, transmitQueue = 1
+
+    let output: @Sendable (UnsafeRawBufferPointer) -> Void
+    let input: Int32?
+    /// Input read from the host but not yet given to the guest (no buffers).
+    private var pending: [UInt8] = []
+    private let inputOpen = Atomic<Bool>(true)
+    private let bytesOut = Atomic<UInt64>(0)
+
+    /// `output` receives the guest's bytes; `input` (a file descriptor such
+    /// as stdin) is read when the guest has receive buffers.
+    public init(input: Int32?, output: @escaping @Sendable (UnsafeRawBufferPointer) -> Void) {
+        self.input = input
+        self.output = output
+    }
+
+    /// Bytes the guest has written to the console.
+    public var bytesWritten: UInt64 { bytesOut.load(ordering: .relaxed) }
+
+    public func readConfig(offset: Int, data: UnsafeMutableRawBufferPointer) {
+        // struct virtio_console_config { le16 cols; le16 rows; le32 max_nr_ports; le32 emerg_wr; }:
+        // fields valid only with features svmm does not offer; all zero.
+        data.initializeMemory(as: UInt8.self, repeating: 0)
+    }
+
+    public func writeConfig(offset: Int, data: UnsafeRawBufferPointer) {}
+
+    public var inputFD: Int32? { input }
+    public var wantsInput: Bool { inputOpen.load(ordering: .relaxed) && pending.count < 4096 }
+
+    public func process(queue index: Int, _ queue: Virtqueue, context: VirtioQueueContext) throws(VirtqueueError) {
+        if index == Self.transmitQueue {
+            while let chain = try queue.pop() {
+                for buffer in chain.readable {
+                    guard let src = try? queue.memory.buffer(at: buffer.address, count: Int(buffer.length)) else { continue }
+                    output(UnsafeRawBufferPointer(src))
+                    bytesOut.add(UInt64(src.count), ordering: .relaxed)
+                }
+                queue.push(head: chain.head, written: 0)
+                context.interruptIfNeeded(queue, index: index)
+            }
+        } else if index == Self.receiveQueue {
+            try deliver(queue, context: context)
+        }
+    }
+
+    public func inputReady(queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError) {
+        guard let input else { return }
+        var buffer = [UInt8](repeating: 0, count: 4096 - pending.count)
+        let n = buffer.withUnsafeMutableBytes { Glibc.read(input, $0.baseAddress, $0.count) }
+        if n <= 0 {
+            if n == 0 || (errno != EINTR && errno != EAGAIN) { inputOpen.store(false, ordering: .relaxed) }
+            return
+        }
+        pending += buffer[0..<n]
+        if Self.receiveQueue < queues.count, let rx = queues[Self.receiveQueue] {
+            try deliver(rx, context: context)
+        }
+    }
+
+    /// Copies pending input into the guest's receive buffers.
+    func deliver(_ queue: Virtqueue, context: VirtioQueueContext) throws(VirtqueueError) {
+        while !pending.isEmpty, let chain = try queue.pop() {
+            var written = 0
+            for buffer in chain.writable where written < pending.count {
+                guard let dst = try? queue.memory.buffer(at: buffer.address, count: Int(buffer.length)) else { continue }
+                let n = min(dst.count, pending.count - written)
+                dst.copyBytes(from: pending[written..<(written + n)])
+                written += n
+            }
+            pending.removeFirst(written)
+            queue.push(head: chain.head, written: UInt32(written))
+            context.interruptIfNeeded(queue, index: Self.receiveQueue)
+        }
+    }
+
+    public func reset() {}
+}

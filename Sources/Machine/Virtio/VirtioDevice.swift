@@ -1,0 +1,57 @@
+import Glibc
+
+/// Feature bits every svmm virtio device offers (virtio 1.2 §6).
+public enum VirtioFeature {
+    public static let indirectDescriptors: UInt64 = 1 << 28
+    public static let eventIndex: UInt64 = 1 << 29
+    public static let version1: UInt64 = 1 << 32
+}
+
+/// Device status bits (virtio 1.2 §2.1).
+public enum VirtioStatus {
+    public static let acknowledge: UInt8 = 1
+    public static let driver: UInt8 = 2
+    public static let driverOK: UInt8 = 4
+    public static let featuresOK: UInt8 = 8
+    public static let needsReset: UInt8 = 0x40
+    public static let failed: UInt8 = 0x80
+}
+
+/// What a device's queue handler may do besides touching its queue.
+public protocol VirtioQueueContext: AnyObject {
+    /// Interrupts the driver for `queue` if its used ring asks for one.
+    func interruptIfNeeded(_ queue: Virtqueue, index: Int)
+}
+
+/// A virtio device behind a transport: its identity, configuration space
+/// and what it does with its queues. Queue handlers run on the device's
+/// own thread, one at a time.
+public protocol VirtioDevice: AnyObject, Sendable {
+    /// The virtio device id (3 console, 4 entropy, …); the PCI id is 0x1040 + this.
+    var deviceID: UInt16 { get }
+    /// PCI class code (class, subclass, prog-if).
+    var pciClass: UInt32 { get }
+    /// Device-specific feature bits offered (the transport adds VERSION_1, EVENT_IDX, INDIRECT_DESC).
+    var deviceFeatures: UInt64 { get }
+    var queueMaxSizes: [UInt16] { get }
+    /// The device-specific configuration bytes.
+    func readConfig(offset: Int, data: UnsafeMutableRawBufferPointer)
+    func writeConfig(offset: Int, data: UnsafeRawBufferPointer)
+    /// Handles a notification (or a wake-up) for queue `index`.
+    func process(queue index: Int, _ queue: Virtqueue, context: VirtioQueueContext) throws(VirtqueueError)
+    /// A host file descriptor whose readability should wake the device (console input), or nil.
+    var inputFD: Int32? { get }
+    /// Whether the device wants `inputFD` polled now (it has room for input).
+    var wantsInput: Bool { get }
+    /// Called on the device thread when `inputFD` is readable; `queues` are the active queues.
+    func inputReady(queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError)
+    /// Forgets everything the driver set up (device reset).
+    func reset()
+}
+
+extension VirtioDevice {
+    public var inputFD: Int32? { nil }
+    public var wantsInput: Bool { false }
+    public func inputReady(queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError) {}
+    public func reset() {}
+}

@@ -1,0 +1,194 @@
+import Testing
+@testable import Machine
+
+/// A driver's side of a split virtqueue in guest memory, for tests: writes
+/// descriptors and available entries the way Linux's virtio_ring does.
+final class TestDriver {
+    let memory: GuestMemory
+    let size: UInt16
+    let desc: UInt64 = 0x10000, avail: UInt64 = 0x20000, used: UInt64 = 0x30000
+    var availIdx: UInt16 = 0
+
+    init(memory: GuestMemory, size: UInt16 = 8) {
+        self.memory = memory
+        self.size = size
+    }
+
+    func queue(eventIndex: Bool = false, indirect: Bool = true) throws -> Virtqueue {
+        try Virtqueue(memory: memory, size: size, descriptors: desc, available: avail, used: used,
+                      eventIndex: eventIndex, indirect: indirect)
+    }
+
+    func setDescriptor(_ i: UInt16, address: UInt64, length: UInt32, flags: UInt16, next: UInt16 = 0, table: UInt64? = nil) throws {
+        let d = (table ?? desc) + 16 * UInt64(i)
+        try memory.store(address, at: d)
+        try memory.store(length, at: d + 8)
+        try memory.store(flags, at: d + 12)
+        try memory.store(next, at: d + 14)
+    }
+
+    func makeAvailable(_ head: UInt16) throws {
+        try memory.store(head, at: avail + 4 + 2 * UInt64(availIdx % size))
+        availIdx &+= 1
+        try memory.store(availIdx, at: avail + 2)
+    }
+
+    var usedIdx: UInt16 { (try? memory.load(UInt16.self, at: used + 2)) ?? 0 }
+    func usedElement(_ i: UInt16) throws -> (UInt32, UInt32) {
+        let e = used + 4 + 8 * UInt64(i % size)
+        return (try memory.load(UInt32.self, at: e), try memory.load(UInt32.self, at: e + 4))
+    }
+}
+
+@Suite struct VirtqueueTests {
+    let memory: GuestMemory
+    init() throws { memory = try GuestMemory(size: 16 << 20) }
+
+    @Test func aChainOfReadableThenWritableBuffersIsTakenAndReturned() throws {
+        let d = TestDriver(memory: memory)
+        try d.setDescriptor(0, address: 0x100000, length: 100, flags: 1, next: 3)
+        try d.setDescriptor(3, address: 0x200000, length: 50, flags: 1 | 2, next: 5)
+        try d.setDescriptor(5, address: 0x300000, length: 10, flags: 2)
+        try d.makeAvailable(0)
+        let q = try d.queue()
+        let chain = try #require(try q.pop())
+        #expect(chain.head == 0)
+        #expect(chain.readable == [VirtqueueBuffer(address: 0x100000, length: 100)])
+        #expect(chain.writable == [VirtqueueBuffer(address: 0x200000, length: 50), VirtqueueBuffer(address: 0x300000, length: 10)])
+        #expect(try q.pop() == nil)
+        q.push(head: chain.head, written: 60)
+        #expect(d.usedIdx == 1)
+        #expect(try d.usedElement(0) == (0, 60))
+        #expect(q.needsInterrupt())          // no NO_INTERRUPT flag, no event index
+    }
+
+    @Test func indirectTablesAreFollowedOnlyWhenNegotiated() throws {
+        let d = TestDriver(memory: memory)
+        let table: UInt64 = 0x40000
+        try d.setDescriptor(0, address: 0x100000, length: 8, flags: 1, next: 1, table: table)
+        try d.setDescriptor(1, address: 0x100100, length: 16, flags: 2, table: table)
+        try d.setDescriptor(2, address: table, length: 32, flags: 4)
+        try d.makeAvailable(2)
+        let chain = try #require(try d.queue().pop())
+        #expect(chain.head == 2 && chain.readable.count == 1 && chain.writable == [VirtqueueBuffer(address: 0x100100, length: 16)])
+        #expect(throws: VirtqueueError.badIndirect) { try d.queue(indirect: false).pop() }
+    }
+
+    @Test func eventIndexInterruptsOnlyWhenTheDriverAskedAndPublishesAvailEvent() throws {
+        let d = TestDriver(memory: memory)
+        for i in UInt16(0)..<4 {
+            try d.setDescriptor(i, address: 0x100000 + UInt64(i) * 0x1000, length: 16, flags: 2)
+            try d.makeAvailable(i)
+        }
+        let q = try d.queue(eventIndex: true)
+        let usedEvent = d.avail + 4 + 2 * UInt64(d.size)
+        try memory.store(UInt16(2), at: usedEvent)       // interrupt when used idx passes 2 (i.e. reaches 3)
+        var wanted: [Bool] = []
+        while let c = try q.pop() {
+            q.push(head: c.head, written: 16)
+            wanted.append(q.needsInterrupt())
+        }
+        #expect(wanted == [false, false, true, false])
+        #expect(q.enableNotification() == false)
+        #expect(try memory.load(UInt16.self, at: d.used + 4 + 8 * UInt64(d.size)) == 4)   // avail_event = next index
+        try d.setDescriptor(0, address: 0x100000, length: 16, flags: 2)
+        try d.makeAvailable(0)
+        #expect(q.enableNotification() == true)          // a buffer arrived: do not sleep
+    }
+
+    @Test func withoutEventIndexTheNoInterruptFlagIsHonoured() throws {
+        let d = TestDriver(memory: memory)
+        try d.setDescriptor(0, address: 0x100000, length: 16, flags: 2)
+        try d.makeAvailable(0)
+        try memory.store(UInt16(1), at: d.avail)          // VRING_AVAIL_F_NO_INTERRUPT
+        let q = try d.queue()
+        let c = try #require(try q.pop())
+        q.push(head: c.head, written: 0)
+        #expect(!q.needsInterrupt())
+        q.disableNotification()
+        #expect(try memory.load(UInt16.self, at: d.used) == 1)   // VRING_USED_F_NO_NOTIFY
+    }
+
+    // Every malformed case is refused with its reason, never a crash.
+
+    @Test func aLoopIsRefused() throws {
+        let d = TestDriver(memory: memory)
+        try d.setDescriptor(0, address: 0x100000, length: 16, flags: 1, next: 1)
+        try d.setDescriptor(1, address: 0x100000, length: 16, flags: 1, next: 0)
+        try d.makeAvailable(0)
+        #expect(throws: VirtqueueError.chainTooLong) { try d.queue().pop() }
+    }
+
+    @Test func anIndirectLoopIsRefused() throws {
+        let d = TestDriver(memory: memory)
+        let table: UInt64 = 0x40000
+        try d.setDescriptor(0, address: 0x100000, length: 16, flags: 1, next: 1, table: table)
+        try d.setDescriptor(1, address: 0x100000, length: 16, flags: 1, next: 0, table: table)
+        try d.setDescriptor(0, address: table, length: 32, flags: 4)
+        try d.makeAvailable(0)
+        #expect(throws: VirtqueueError.chainTooLong) { try d.queue().pop() }
+    }
+
+    @Test func nestedOrChainedIndirectDescriptorsAreRefused() throws {
+        let d = TestDriver(memory: memory)
+        let table: UInt64 = 0x40000
+        try d.setDescriptor(0, address: table, length: 16, flags: 4, table: table)   // indirect inside indirect
+        try d.setDescriptor(0, address: table, length: 16, flags: 4)
+        try d.makeAvailable(0)
+        #expect(throws: VirtqueueError.badIndirect) { try d.queue().pop() }
+        let d2 = TestDriver(memory: memory)
+        try d2.setDescriptor(0, address: table, length: 16, flags: 4 | 1, next: 1)   // INDIRECT with NEXT
+        try d2.makeAvailable(0)
+        #expect(throws: VirtqueueError.badIndirect) { try d2.queue().pop() }
+        let d3 = TestDriver(memory: memory)
+        try d3.setDescriptor(0, address: table, length: 20, flags: 4)                 // not a multiple of 16
+        try d3.makeAvailable(0)
+        #expect(throws: VirtqueueError.badIndirect) { try d3.queue().pop() }
+    }
+
+    @Test func zeroLengthAndOutOfRAMBuffersAreRefused() throws {
+        let d = TestDriver(memory: memory)
+        try d.setDescriptor(0, address: 0x100000, length: 0, flags: 0)
+        try d.makeAvailable(0)
+        #expect(throws: VirtqueueError.zeroLength) { try d.queue().pop() }
+
+        let d2 = TestDriver(memory: memory)
+        try d2.setDescriptor(0, address: (16 << 20) - 8, length: 16, flags: 2)        // runs off the end of RAM
+        try d2.makeAvailable(0)
+        #expect(throws: VirtqueueError.outsideRAM(address: (16 << 20) - 8, length: 16)) { try d2.queue().pop() }
+
+        let d3 = TestDriver(memory: memory)
+        try d3.setDescriptor(0, address: UInt64.max - 4, length: 16, flags: 2)        // would overflow
+        try d3.makeAvailable(0)
+        #expect(throws: VirtqueueError.outsideRAM(address: UInt64.max - 4, length: 16)) { try d3.queue().pop() }
+
+        let d4 = TestDriver(memory: memory)
+        try d4.setDescriptor(0, address: 0x4000_0000, length: 0x100, flags: 4)        // indirect table outside RAM
+        try d4.makeAvailable(0)
+        #expect(throws: VirtqueueError.outsideRAM(address: 0x4000_0000, length: 0x100)) { try d4.queue().pop() }
+    }
+
+    @Test func badIndicesAndOrderAreRefused() throws {
+        let d = TestDriver(memory: memory)
+        try d.makeAvailable(9)                                                       // head beyond the queue
+        #expect(throws: VirtqueueError.indexOutOfRange(9)) { try d.queue().pop() }
+
+        let d2 = TestDriver(memory: memory)
+        try d2.setDescriptor(0, address: 0x100000, length: 16, flags: 2 | 1, next: 1)
+        try d2.setDescriptor(1, address: 0x100000, length: 16, flags: 0)              // readable after writable
+        try d2.makeAvailable(0)
+        #expect(throws: VirtqueueError.readableAfterWritable) { try d2.queue().pop() }
+
+        let d3 = TestDriver(memory: memory)
+        try memory.store(UInt16(100), at: d3.avail + 2)                               // idx jumps by 100 > 8
+        #expect(throws: VirtqueueError.availableIndexJump(100)) { try d3.queue().pop() }
+
+        #expect(throws: VirtqueueError.ringOutsideRAM) {
+            try Virtqueue(memory: memory, size: 256, descriptors: (16 << 20) - 16, available: 0, used: 0x1000,
+                          eventIndex: false, indirect: false)
+        }
+        #expect(throws: VirtqueueError.ringOutsideRAM) {
+            try Virtqueue(memory: memory, size: 3, descriptors: 0, available: 0x1000, used: 0x2000, eventIndex: false, indirect: false)
+        }
+    }
+}
