@@ -33,6 +33,9 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // libFuzzer target over the virtio data path (Scripts/fuzz builds it
+        // with -sanitize=fuzzer; a plain build replays inputs).
+        .executableTarget(name: "svmm-fuzz", dependencies: ["Machine"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM"]),
         // Drives the scripts and the built svmm as a user would (probe,
         // sandbox, guest artifacts); needs `swift build` first.

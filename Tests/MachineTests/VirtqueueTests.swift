@@ -1,3 +1,4 @@
+import Glibc
 import Testing
 @testable import Machine
 
@@ -190,5 +191,25 @@ final class TestDriver {
         #expect(throws: VirtqueueError.ringOutsideRAM) {
             try Virtqueue(memory: memory, size: 3, descriptors: 0, available: 0x1000, used: 0x2000, eventIndex: false, indirect: false)
         }
+    }
+}
+
+/// Every input in Tests/Fuzz/corpus (seeds, and each crash the fuzzer has
+/// found, kept once fixed) goes through the fuzzing entry point again.
+@Suite struct FuzzCorpusTests {
+    @Test func theFuzzCorpusReplaysWithoutACrash() throws {
+        let corpus = String(#filePath.dropLast("MachineTests/VirtqueueTests.swift".count)) + "Fuzz/corpus"
+        guard let dir = opendir(corpus) else { Issue.record("no corpus at \(corpus)"); return }
+        defer { closedir(dir) }
+        var replayed = 0
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            if name.hasPrefix(".") { continue }
+            let image = try ImageSource(path: corpus + "/" + name)
+            let bytes = image.read(0..<image.count)
+            bytes.withUnsafeBytes { VirtioFuzzing.run($0) }
+            replayed += 1
+        }
+        #expect(replayed >= 4)
     }
 }
