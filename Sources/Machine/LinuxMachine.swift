@@ -187,6 +187,7 @@ public final class LinuxMachine: Sendable {
         for r in runners { r.join() }
         for device in virtio { device.stop() }
         for t in deviceThreads { pthread_join(t, nil) }
+        for device in virtio { device.flush() }
         let rips = vcpus.map { try? $0.getRegisters().rip }
         stopped.withLock { $0 = rips }
         return outcome.withLock { $0 } ?? .hostError("no outcome")

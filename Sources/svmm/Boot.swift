@@ -143,6 +143,13 @@ struct Boot: ParsableCommand {
 
     func run() throws {
         let started = DispatchTime.now().uptimeNanoseconds
+        // SIGINT/SIGTERM/SIGHUP are blocked in every thread (threads inherit
+        // the mask) and taken by one thread with sigwait: no Dispatch worker
+        // threads (8 MiB stacks) in the VMM.
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        for sig in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&stopSignals, sig) }
+        pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
         let statsOutput = telemetry.openOutput()
         let machine = makeMachine(started: started)
         let session = telemetry.enabled
@@ -175,13 +182,10 @@ struct Boot: ParsableCommand {
                 }
             }
         } }
-        var sources: [DispatchSourceSignal] = []
-        for sig in [SIGINT, SIGTERM, SIGHUP] {
-            signal(sig, SIG_IGN)
-            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            s.setEventHandler { machine.stop(.interrupted(signal: sig)) }
-            s.resume()
-            sources.append(s)
+        let waitSet = stopSignals
+        _ = try? startHostThread("signal handling", detached: true) {
+            var set = waitSet, sig: Int32 = 0
+            if sigwait(&set, &sig) == 0 { machine.stop(.interrupted(signal: sig)) }
         }
 
         let outcome: MachineExit

@@ -497,4 +497,10 @@ public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, 
     }
 
     public func stop() { stopEvent.signal() }
+
+    /// Services every queue once more, after the device thread has stopped,
+    /// so output the guest queued just before it powered off is not lost.
+    public func flush() {
+        for q in 0..<notifyEvents.count { service(queue: q) }
+    }
 }
