@@ -130,3 +130,30 @@ final class Conversation: Sendable {
         return process.terminationStatus
     }
 }
+
+/// Boots the test guest's interactive shell through the sandbox with svmm
+/// `bootArguments`, waits for the prompt, types `command`, expects `answer`,
+/// exits the shell and expects svmm to end with status 0. A sandbox failure
+/// (status 125) is retried once.
+func converseWithGuestShell(_ bootArguments: [String], command: String, answer: String) throws {
+    var attempt = 0
+    while true {
+        attempt += 1
+        let c = try Conversation(repoPath("Scripts/kvm-sandbox"), ["--timeout", "600", "--", svmmPath, "boot"] + bootArguments)
+        let ready = c.waitFor("SVMM-GUEST-READY", seconds: 300) && c.waitFor(" # ", seconds: 120)
+        if ready {
+            c.type(command + "\n")
+            #expect(c.waitFor(answer, seconds: 120), "no answer; console: \(c.stdout)")
+            c.type("exit\n")
+            #expect(c.waitFor("SVMM-GUEST-SCRIPT-EXIT=0", seconds: 120), "console: \(c.stdout)")
+        }
+        let status = c.finish()
+        if status == sandboxFailed && attempt == 1 {
+            print("kvm-sandbox: infrastructure failure, retrying once: \(c.stderr)")
+            continue
+        }
+        #expect(ready, "no shell prompt; console: \(c.stdout) stderr: \(c.stderr)")
+        #expect(status == 0, "stderr: \(c.stderr)")
+        return
+    }
+}

@@ -84,28 +84,8 @@ func virtioFacts(_ output: String) -> [String: String] {
     }
 
     @Test func aCommandTypedIntoTheShellOnHvc0IsAnswered() throws {
-        var attempt = 0
-        while true {
-            attempt += 1
-            let c = try Conversation(repoPath("Scripts/kvm-sandbox"), ["--timeout", "600", "--", svmmPath, "boot",
-                "--console", "virtio", "--timeout", "400s",
-                "--cmdline", "console=ttyS0 console=hvc0 panic=-1 quiet svmm_shell=1 svmm_console=hvc0"])
-            let ready = c.waitFor("SVMM-GUEST-READY", seconds: 300) && c.waitFor(" # ", seconds: 120)
-            if ready {
-                c.type("echo answer-$((6*7)) on $(tty)\n")
-                #expect(c.waitFor("answer-42 on /dev/hvc0", seconds: 120), "no answer; console: \(c.stdout)")
-                c.type("exit\n")
-                #expect(c.waitFor("SVMM-GUEST-SCRIPT-EXIT=0", seconds: 120),
-                        "console: \(c.stdout.unicodeScalars.map { $0.isASCII && $0.value >= 32 || $0 == "\n" ? String($0) : "\\u{\(String($0.value, radix: 16))}" }.joined())")
-            }
-            let status = c.finish()
-            if status == sandboxFailed && attempt == 1 {
-                print("kvm-sandbox: infrastructure failure, retrying once: \(c.stderr)")
-                continue
-            }
-            #expect(ready, "no shell prompt; console: \(c.stdout) stderr: \(c.stderr)")
-            #expect(status == 0, "stderr: \(c.stderr)")
-            return
-        }
+        try converseWithGuestShell(["--console", "virtio", "--timeout", "400s",
+                                    "--cmdline", "console=ttyS0 console=hvc0 panic=-1 quiet svmm_shell=1 svmm_console=hvc0"],
+                                   command: "echo answer-$((6*7)) on $(tty)", answer: "answer-42 on /dev/hvc0")
     }
 }
