@@ -43,7 +43,7 @@ public final class PCIHostBridge: BusDevice {
         }
         let cf8 = address.withLock { $0 }
         let offset = Int(cf8 & 0xFC) + Int(port - Self.dataPort)
-        if let function = function(cf8), offset + data.count <= 256 {
+        if let function = function(cf8, offset, data.count) {
             return function.readConfig(offset, data)
         }
         // Bus 0, device 0, function 0: the host bridge.
@@ -53,9 +53,10 @@ public final class PCIHostBridge: BusDevice {
         }
     }
 
-    /// The function the address register selects, if it is one of the board's.
-    func function(_ cf8: UInt32) -> (any PCIFunction)? {
-        guard cf8 & Self.enable != 0, cf8 & 0x00FF_0000 == 0, cf8 & 0x700 == 0 else { return nil }
+    /// The function the address register selects, if it is one of the
+    /// board's and the access stays inside its configuration space.
+    func function(_ cf8: UInt32, _ offset: Int, _ count: Int) -> (any PCIFunction)? {
+        guard cf8 & Self.enable != 0, cf8 & 0x00FF_0000 == 0, cf8 & 0x700 == 0, offset + count <= 256 else { return nil }
         let device = Int(cf8 >> 11) & 0x1F
         return device >= 1 && device <= functions.count ? functions[device - 1] : nil
     }
@@ -65,7 +66,7 @@ public final class PCIHostBridge: BusDevice {
         if port >= Self.dataPort {
             let cf8 = address.withLock { $0 }
             let offset = Int(cf8 & 0xFC) + Int(port - Self.dataPort)
-            if let function = function(cf8), offset + data.count <= 256 { function.writeConfig(offset, data) }
+            if let function = function(cf8, offset, data.count) { function.writeConfig(offset, data) }
             return   // the host bridge's own registers are read-only here
         }
         guard port == Self.addressPort, data.count == 4 else { return }

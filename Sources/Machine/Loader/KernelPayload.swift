@@ -79,19 +79,12 @@ public enum KernelPayload {
     /// Decompresses a payload into a new array.
     public static func decompress(_ payload: ArraySlice<UInt8>) throws(Failure) -> (Compression, [UInt8]) {
         let input = Array(payload)
-        let result: Result<(Compression, [UInt8]), Failure> = input.withUnsafeBytes { src in
-            do {
-                let (_, size) = try uncompressedSize(src)
-                var out = [UInt8](repeating: 0, count: size)
-                let kind = try out.withUnsafeMutableBytes { dst in Result { () throws(Failure) in try decompress(src, into: dst) } }.get()
-                return .success((kind, out))
-            } catch let error as Failure {
-                return .failure(error)
-            } catch {
-                return .failure(.noPayload)   // unreachable: only Failure is thrown
-            }
-        }
-        return try result.get()
+        let (_, size) = try input.withUnsafeBytes { src in Result { () throws(Failure) in try uncompressedSize(src) } }.get()
+        var out = [UInt8](repeating: 0, count: size)
+        let kind = try input.withUnsafeBytes { src in
+            out.withUnsafeMutableBytes { dst in Result { () throws(Failure) in try decompress(src, into: dst) } }
+        }.get()
+        return (kind, out)
     }
 
     typealias Source = UnsafeBufferPointer<UInt8>

@@ -164,18 +164,26 @@ public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, 
     }
 
     public func readConfig(_ offset: Int, _ data: UnsafeMutableRawBufferPointer) {
-        var bytes = configImage
-        state.withLock { s in
-            func put(_ v: UInt32, _ n: Int, at o: Int) { for i in 0..<n { bytes[o + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
-            put(UInt32(s.command), 2, at: 0x04)
-            put(s.bar, 4, at: 0x10)
-            put(UInt32(s.msixControl | UInt16(vectors - 1)), 2, at: Self.msixCap + 2)
-            bytes[Self.pciCfgCap + 4] = s.pciCfg.bar
-            put(s.pciCfg.offset, 4, at: Self.pciCfgCap + 8)
-            put(s.pciCfg.length, 4, at: Self.pciCfgCap + 12)
-        }
         if offset == Self.pciCfgCap + 16 { return pciCfgAccess(write: false, data) }
-        for i in 0..<data.count { data[i] = offset + i < 256 ? bytes[offset + i] : 0xFF }
+        state.withLock { s in
+            for i in 0..<data.count { data[i] = configByte(offset + i, s) }
+        }
+    }
+
+    /// One byte of configuration space: the fixed image, overlaid with the
+    /// registers the driver writes.
+    func configByte(_ o: Int, _ s: State) -> UInt8 {
+        func byte(_ v: UInt32, from base: Int) -> UInt8 { UInt8(truncatingIfNeeded: v >> (8 * (o - base))) }
+        switch o {
+        case 0x04..<0x06: return byte(UInt32(s.command), from: 0x04)
+        case 0x10..<0x14: return byte(s.bar, from: 0x10)
+        case (Self.msixCap + 2)..<(Self.msixCap + 4): return byte(UInt32(s.msixControl | UInt16(vectors - 1)), from: Self.msixCap + 2)
+        case Self.pciCfgCap + 4: return s.pciCfg.bar
+        case (Self.pciCfgCap + 8)..<(Self.pciCfgCap + 12): return byte(s.pciCfg.offset, from: Self.pciCfgCap + 8)
+        case (Self.pciCfgCap + 12)..<(Self.pciCfgCap + 16): return byte(s.pciCfg.length, from: Self.pciCfgCap + 12)
+        case 0..<256: return configImage[o]
+        default: return 0xFF
+        }
     }
 
     public func writeConfig(_ offset: Int, _ data: UnsafeRawBufferPointer) {
@@ -479,9 +487,10 @@ public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, 
     /// The device thread: waits on the queue notifications (and the device's
     /// input) and services them until `stop()`.
     public func run() {
+        let waits = [pollfd(fd: stopEvent.fd, events: Int16(POLLIN), revents: 0)]
+            + notifyEvents.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
         while true {
-            var fds = [pollfd(fd: stopEvent.fd, events: Int16(POLLIN), revents: 0)]
-            fds += notifyEvents.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+            var fds = waits
             let input = device.inputFD
             let polling = input != nil && device.wantsInput && active.withLock { $0 != nil }
             if polling, let input { fds.append(pollfd(fd: input, events: Int16(POLLIN), revents: 0)) }
