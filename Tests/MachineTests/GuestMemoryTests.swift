@@ -28,4 +28,16 @@ import Testing
         #expect(!m.contains(0x20000, count: 1))
         #expect(m.totalSize == 0x20000)
     }
+
+    /// KVM backs guest memory with 2 MiB pages only where host and guest
+    /// addresses agree modulo 2 MiB: every region's host mapping starts on a
+    /// 2 MiB boundary and is usable to its last byte.
+    @Test func regionsAreMappedOnHugePageBoundaries() throws {
+        let m = try GuestMemory(layout: [(0, 0x300_0000), (0x1_0000_0000, 0x20_1000)])
+        for r in m.regions {
+            #expect(Int(bitPattern: r.host) % (2 << 20) == 0, "region at 0x\(String(r.guestAddress, radix: 16))")
+            try m.store(UInt8(7), at: r.end - 1)
+            #expect(try m.load(UInt8.self, at: r.end - 1) == 7)
+        }
+    }
 }

@@ -16,6 +16,16 @@ struct BootCase {
         }
         return facts
     }
+
+    /// The first line of a kernel crash or of svmm's triple-fault report in
+    /// the output, unless the case asked for a crash (the "panic" case).
+    var unexpectedCrash: String? {
+        if name == "panic" { return nil }
+        let signatures = ["BUG: unable to handle", "general protection fault", "double fault", "Oops:", "kernel BUG at",
+                          "Kernel panic - not syncing", "svmm: triple fault"]
+        return output.split(whereSeparator: \.isNewline).first { line in signatures.contains { line.contains($0) } }
+            .map { String($0) }
+    }
 }
 
 /// The Debian cloud kernel booted by svmm, through the sandbox where this
@@ -47,19 +57,39 @@ struct BootCase {
     /// cases that had not finished run again in a fresh session, up to three
     /// sessions in all; a case that never finishes is reported as not run,
     /// with the sandbox's own error.
+    ///
+    /// In the nested sandbox only, a guest that crashed on its own (a kernel
+    /// oops the case did not ask for, or a triple fault) runs once more in a
+    /// fresh session, and the first crash is printed whole: the nested
+    /// emulation now and then runs an L2 guest with L1's GS base, and 4 L2
+    /// vCPUs on L1's 2 have seen an AP triple-fault while starting
+    /// (docs/platform.md). A case that crashes twice keeps its crashed result
+    /// and fails; where kvm-sandbox runs on the host's own KVM nothing is
+    /// retried.
     static let results: Result<[String: BootCase], Error> = Result {
         var found: [String: BootCase] = [:]
         var failures: [String] = []
+        var retried: Set<String> = []
         for session in 1...3 {
             let remaining = cases.filter { found[$0.name] == nil }
             if remaining.isEmpty { break }
             let r = try runProgram(repoPath("Scripts/kvm-sandbox"), ["--timeout", "1800", "--", "sh", "-c", script(remaining)], directory: repo.path)
-            for (name, c) in parse(r.stdout) { found[name] = c }
-            guard r.status == sandboxFailed else {
-                if found.count != cases.count { print("boot matrix output (sandbox status \(r.status)):\n\(r.stdout)\n\(r.stderr)") }
-                break
+            let nested = r.stderr.contains("nested QEMU/TCG sandbox")
+            for (name, c) in parse(r.stdout) {
+                if nested, session < 3, !retried.contains(name), let oops = c.unexpectedCrash {
+                    retried.insert(name)
+                    print("boot matrix: the guest kernel of case \(name) crashed (\(oops)); running it again in a fresh "
+                        + "sandbox session. Its output:\n\(c.output)")
+                    continue
+                }
+                found[name] = c
             }
-            let inFlight = cases.first { found[$0.name] == nil }?.name ?? "none"
+            if r.status != sandboxFailed {
+                if found.count + retried.count < cases.count { print("boot matrix output (sandbox status \(r.status)):\n\(r.stdout)\n\(r.stderr)") }
+                if retried.allSatisfy({ found[$0] != nil }) { break }
+                continue
+            }
+            let inFlight = remaining.first { found[$0.name] == nil && !retried.contains($0.name) }?.name ?? "none"
             failures.append("session \(session): the sandbox failed while case \(inFlight) ran: \(r.stderr)")
             print("kvm-sandbox: infrastructure failure in boot-matrix session \(session) (case \(inFlight) in flight); "
                 + "\(cases.count - found.count) cases left to run in a fresh session:\n\(r.stderr)")
@@ -127,7 +157,16 @@ struct BootCase {
 
     @Test func bootMarkerTimeIsReported() throws {
         let c = try boot("bz-1cpu-256M")
-        #expect(c.output.contains("svmm: boot marker reached after "), "\(c.output)")
+        func milliseconds(after prefix: String, upTo suffix: String) -> Int? {
+            guard let r = c.output.range(of: prefix) else { return nil }
+            return Int(c.output[r.upperBound...].prefix { $0 != " " && !$0.isNewline })
+                .flatMap { c.output[r.upperBound...].contains(suffix) ? $0 : nil }
+        }
+        let marker = milliseconds(after: "svmm: boot marker reached after ", upTo: " ms")
+        let setup = milliseconds(after: " payload decompressed on the host after ", upTo: " ms of host setup")
+        #expect(marker != nil && setup != nil, "\(c.output)")
+        // svmm's setup precedes the guest's run: a real share of the boot, not all of it.
+        if let marker, let setup { #expect(setup > 0 && setup < marker, "setup \(setup) ms, marker \(marker) ms") }
     }
 
     /// auto takes the fast path (the cloud kernel's lz4 payload decompressed
