@@ -84,6 +84,9 @@ final class Conversation: Sendable {
     private let drained = DispatchGroup()
 
     init(_ path: String, _ arguments: [String]) throws {
+        // A program that died (a failed sandbox) must not take the test
+        // process with it when a test types to it: EPIPE, not SIGPIPE.
+        signal(SIGPIPE, SIG_IGN)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: path)
         p.arguments = arguments
@@ -120,7 +123,9 @@ final class Conversation: Sendable {
         return false
     }
 
-    func type(_ text: String) { stdin.write(Data(text.utf8)) }
+    /// Writes to the program's stdin; a program that has already exited is
+    /// left to `finish()` to report.
+    func type(_ text: String) { try? stdin.write(contentsOf: Data(text.utf8)) }
 
     /// Closes stdin and waits for the exit status.
     func finish() -> Int32 {
