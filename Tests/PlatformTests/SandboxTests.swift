@@ -37,13 +37,15 @@ import Testing
     /// Buffered output would deadlock here (and fail by the sandbox timeout).
     @Test func outputStreamsInOrderAndStdinReachesTheCommand() throws {
         let script = "echo ready; read x; echo \"got $x\"; i=1; while [ $i -le 300 ]; do echo line$i; i=$((i+1)); done; echo to-stderr >&2; exit 5"
-        var c = try Conversation(repoPath("Scripts/kvm-sandbox"), ["--mode", "sandbox", "--timeout", "240", "--", "sh", "-c", script])
-        var ready = c.waitFor("ready\n", seconds: 200)
+        func start() throws -> (Conversation, Bool) {
+            let c = try Conversation(repoPath("Scripts/kvm-sandbox"), ["--mode", "sandbox", "--timeout", "240", "--", "sh", "-c", script])
+            return (c, c.waitFor("ready\n", seconds: 200))
+        }
+        var (c, ready) = try start()
         if !ready, c.finish() == sandboxFailed {
             // The sandbox itself failed (status 125): infrastructure, retried once as everywhere.
             print("kvm-sandbox: infrastructure failure, retrying once: \(c.stderr)")
-            c = try Conversation(repoPath("Scripts/kvm-sandbox"), ["--mode", "sandbox", "--timeout", "240", "--", "sh", "-c", script])
-            ready = c.waitFor("ready\n", seconds: 200)
+            (c, ready) = try start()
         }
         #expect(ready, "the first line did not arrive while the command waited: \(c.stderr)")
         c.type("ping\n")
