@@ -118,15 +118,9 @@ struct Boot: ParsableCommand {
 
         do {
             return try LinuxMachine(config: config, kvmPath: device, consoleOutput: { byte in
-                var b = byte
-                _ = write(1, &b, 1)
+                _ = withUnsafeBytes(of: byte) { HostIO.writeAll(1, $0) }
             }, virtioConsoleOutput: { bytes in
-                var done = 0
-                while done < bytes.count {
-                    let n = write(1, bytes.baseAddress! + done, bytes.count - done)
-                    if n < 0 { if errno == EINTR || errno == EAGAIN { continue }; return }
-                    done += n
-                }
+                HostIO.writeAll(1, bytes)
             }, consoleInput: console == .virtio ? 0 : nil, onBootMarker: { ns in
                 if reportBootTime { FileHandleOutput.stderr("svmm: boot marker reached after \(ns / 1_000_000) ms\n") }
             })

@@ -208,3 +208,50 @@ extension BusDevice {
         #expect(b.readByte(0xCFE) == 0x57)
     }
 }
+
+@Suite struct HostIOTests {
+    /// A full non-blocking pipe: writeAll waits for the reader instead of
+    /// spinning or dropping, and every byte arrives in order.
+    @Test func writeAllWaitsOnAFullNonBlockingPipe() throws {
+        var fds: [Int32] = [0, 0]
+        try #require(pipe(&fds) == 0)
+        defer { close(fds[0]) }
+        #expect(fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK) == 0)
+        let size = 1 << 20                      // sixteen times a default pipe's capacity
+        let sent = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 9) }
+        let received = Mutex<[UInt8]>([])
+        let reader = fds[0]
+        let thread = try startHostThread("pipe reader") {
+            usleep(100_000)                     // the writer finds the pipe full first
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = chunk.withUnsafeMutableBytes { read(reader, $0.baseAddress, $0.count) }
+                if n <= 0 { break }
+                received.withLock { $0 += chunk[0..<n] }
+            }
+        }
+        let ok = sent.withUnsafeBytes { HostIO.writeAll(fds[1], $0) }
+        close(fds[1])
+        pthread_join(thread, nil)
+        #expect(ok)
+        // Compared as one Bool: on a mismatch swift-testing would otherwise
+        // diff the two 1 MiB arrays (quadratic) to describe it.
+        let got = received.withLock { $0 }
+        #expect(got.count == sent.count)
+        let identical = got == sent
+        #expect(identical)
+    }
+
+    /// A pipe whose reader is gone: writeAll reports the failure (EPIPE)
+    /// and returns instead of retrying forever.
+    @Test func writeAllFailsOnAClosedPipe() throws {
+        var fds: [Int32] = [0, 0]
+        try #require(pipe(&fds) == 0)
+        close(fds[0])
+        defer { close(fds[1]) }
+        let previous = signal(SIGPIPE, SIG_IGN)
+        defer { signal(SIGPIPE, previous) }
+        let ok = [UInt8](repeating: 1, count: 100).withUnsafeBytes { HostIO.writeAll(fds[1], $0) }
+        #expect(!ok)
+    }
+}
