@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import Machine
 
 @main
 struct SVMM: ParsableCommand {
@@ -50,9 +51,9 @@ func fail(_ message: String, _ status: ExitStatus) -> Never {
 enum FileHandleOutput {
     static func stderr(_ s: String) {
         var s = s
-        s.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+        _ = s.withUTF8 { HostIO.writeAll(2, UnsafeRawBufferPointer($0)) }
     }
     static func stdout(_ bytes: [UInt8]) {
-        bytes.withUnsafeBytes { _ = write(1, $0.baseAddress, $0.count) }
+        _ = bytes.withUnsafeBytes { HostIO.writeAll(1, $0) }
     }
 }

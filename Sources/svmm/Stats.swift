@@ -33,15 +33,14 @@ struct Stats: ParsableCommand {
         do { parsed = try StatsFile.parse(String(decoding: bytes, as: UTF8.self)) } catch {
             fail("\(file): \(error.description)", .badInput)
         }
-        var text = StatsSummary.render(header: parsed.header, finals: parsed.finals)
-        text.withUTF8 { _ = write(1, $0.baseAddress, $0.count) }
+        FileHandleOutput.stdout(Array(StatsSummary.render(header: parsed.header, finals: parsed.finals).utf8))
         if let plot {
             let svg = StatsPlot.svg(parsed, logScale: logScale)
             let fd = open(plot, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
             if fd < 0 { fail("cannot create \(plot): \(String(cString: strerror(errno)))", .cannotCreate) }
             defer { close(fd) }
             var s = svg
-            let ok = s.withUTF8 { b in write(fd, b.baseAddress, b.count) == b.count }
+            let ok = s.withUTF8 { HostIO.writeAll(fd, UnsafeRawBufferPointer($0)) }
             if !ok { fail("writing \(plot) failed: \(String(cString: strerror(errno)))", .cannotCreate) }
         }
     }

@@ -53,7 +53,7 @@ public final class KVMMSIX: MSIXDelivery {
 /// One line on stderr (device errors that do not stop the machine).
 func logLine(_ text: String) {
     let line = Array((text + "\n").utf8)
-    _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+    _ = line.withUnsafeBytes { HostIO.writeAll(2, $0) }
 }
 
 /// The virtio 1.2 PCI transport (§4.1) of one device: a type-0 function with
