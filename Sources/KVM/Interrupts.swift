@@ -44,3 +44,26 @@ extension VCPU {
         return t.physical_address
     }
 }
+
+extension VCPU {
+    /// The local APIC register page (`KVM_GET_LAPIC`), 1 KiB as the guest sees it.
+    public func lapicRegisters() throws(KVMError) -> [UInt8] {
+        var state = kvm_lapic_state()
+        try KVMError.check("KVM_GET_LAPIC", ckvm_get_lapic(fd, &state))
+        return withUnsafeBytes(of: state.regs) { Array($0) }
+    }
+
+    /// `KVM_GET_MP_STATE`: `KVM_MP_STATE_*` (runnable, halted, waiting for INIT/SIPI…).
+    public func mpState() throws(KVMError) -> UInt32 {
+        var state: UInt32 = 0
+        try KVMError.check("KVM_GET_MP_STATE", ckvm_get_mp_state(fd, &state))
+        return state
+    }
+
+    /// `KVM_GET_VCPU_EVENTS`: pending or injected exceptions, interrupts and NMIs.
+    public func events() throws(KVMError) -> kvm_vcpu_events {
+        var e = kvm_vcpu_events()
+        try KVMError.check("KVM_GET_VCPU_EVENTS", ckvm_get_vcpu_events(fd, &e))
+        return e
+    }
+}

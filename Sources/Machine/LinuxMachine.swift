@@ -188,8 +188,8 @@ public final class LinuxMachine: Sendable {
         for device in virtio { device.stop() }
         for t in deviceThreads { pthread_join(t, nil) }
         for device in virtio { device.flush() }
-        let rips = vcpus.map { try? $0.getRegisters().rip }
-        stopped.withLock { $0 = rips }
+        let states = vcpus.map { VCPUState.read($0) }
+        stopped.withLock { $0 = states }
         return outcome.withLock { $0 } ?? .hostError("no outcome")
     }
 
@@ -201,9 +201,10 @@ public final class LinuxMachine: Sendable {
     /// The devices on both buses, for attributing exits to them.
     public var deviceRanges: [DeviceRange] { pio.deviceRanges(bus: "io") + mmio.deviceRanges(bus: "mmio") }
 
-    /// Each vCPU's RIP once `run()` has stopped them (for timeout reports).
-    public var stoppedAt: [UInt64?] { stopped.withLock { $0 } }
-    private let stopped = Mutex<[UInt64?]>([])
+    /// Each vCPU's RIP and interrupt state once `run()` has stopped them (for
+    /// timeout reports); nil for a vCPU KVM would not read back.
+    public var stoppedAt: [VCPUState?] { stopped.withLock { $0 } }
+    private let stopped = Mutex<[VCPUState?]>([])
 
     /// Ends the run from outside (SIGINT/SIGTERM).
     public func stop(_ exit: MachineExit) { finish(exit) }

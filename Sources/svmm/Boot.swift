@@ -202,8 +202,10 @@ struct Boot: ParsableCommand {
             FileHandleOutput.stderr("svmm: triple fault on vCPU \(cpu)\(rip.map { " at RIP 0x" + String($0, radix: 16) } ?? "")\n")
             throw ExitCode(ExitStatus.tripleFault.rawValue)
         case .timeout:
-            let rips = machine.stoppedAt.enumerated().map { "vCPU \($0.offset) at RIP \($0.element.map { "0x" + String($0, radix: 16) } ?? "?")" }
-            FileHandleOutput.stderr("svmm: timeout: the guest ran past \(timeout ?? "") (\(rips.joined(separator: ", ")))\n")
+            let rips = machine.stoppedAt.enumerated().map { cpu, state in
+                state.map { "vCPU \(cpu) at RIP 0x\(String($0.rip, radix: 16)) (\($0.summary))" } ?? "vCPU \(cpu) at RIP ?"
+            }
+            FileHandleOutput.stderr("svmm: timeout: the guest ran past \(timeout ?? "") (\(rips.joined(separator: "; ")))\n")
             throw ExitCode(ExitStatus.timeout.rawValue)
         case let .interrupted(sig):
             FileHandleOutput.stderr("svmm: stopped by signal \(sig)\n")

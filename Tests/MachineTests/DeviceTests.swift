@@ -255,3 +255,30 @@ extension BusDevice {
         #expect(!ok)
     }
 }
+
+@Suite struct VCPUStateTests {
+    /// IRR and ISR are 256-bit maps spread over eight 32-bit registers 16
+    /// bytes apart; vectors in the first, a middle and the last register.
+    @Test func localAPICBitmapsGiveTheirVectors() {
+        var page = [UInt8](repeating: 0, count: 1024)
+        page[0x200] = 0b0000_0001              // vector 0 (register 0, bit 0)
+        page[0x200 + 0x10 + 3] = 0x80          // vector 63 (register 1, bit 31)
+        page[0x200 + 7 * 0x10 + 1] = 0x10      // vector 236 (register 7, bit 12)
+        page[0x100 + 1 * 0x10] = 0x10          // vector 36 in service
+        #expect(VCPUState.vectors(in: page, at: 0x200) == [0, 63, 236])
+        #expect(VCPUState.vectors(in: page, at: 0x100) == [36])
+        #expect(VCPUState.vectors(in: [UInt8](repeating: 0xFF, count: 0x204), at: 0x200) == Array(0..<32))
+    }
+
+    @Test func theSummaryNamesStateInterruptsAndVectors() {
+        var s = VCPUState(rip: 0x1000, interruptsEnabled: true, mpState: 3)     // KVM_MP_STATE_HALTED
+        #expect(s.summary == "halted, interrupts on")
+        s.requested = [236]
+        s.inService = [34, 36]
+        s.injecting = 36
+        s.nmiPending = true
+        #expect(s.summary == "halted, interrupts on, requested 236, in service 34 36, injecting 36, NMI pending")
+        #expect(VCPUState(rip: 0, interruptsEnabled: false, mpState: 0).summary == "running, interrupts off")
+        #expect(VCPUState(rip: 0, interruptsEnabled: false, mpState: nil).summary == "interrupts off")
+    }
+}

@@ -49,7 +49,28 @@ struct MachineRunTests {
     @Test func aSpinningGuestIsStoppedAtTheTimeout() throws {
         let (exit, _, machine) = try boot([0xEB, 0xFE], timeout: 2)     // jmp .
         #expect(exit == .timeout)
-        #expect(machine.stoppedAt.first == 0x10_0200)   // still on the jmp
+        let state = try #require(machine.stoppedAt.first ?? nil)
+        #expect(state.rip == 0x10_0200)   // still on the jmp
+        #expect(!state.interruptsEnabled)
+        #expect(state.summary.hasSuffix("interrupts off"), "\(state.summary)")
+        #expect(state.mpState == nil || state.summary.hasPrefix("running, "), "\(state.summary)")
+    }
+
+    /// `sti; hlt` in a loop: the timeout report must say the vCPU sleeps in
+    /// `hlt` with interrupts on and nothing requested, which tells a guest
+    /// waiting for an interrupt that never came from one spinning.
+    @Test func aSleepingGuestIsReportedHaltedWithInterruptsOn() throws {
+        let (exit, _, machine) = try boot([0xFB, 0xF4, 0xEB, 0xFD], timeout: 2)     // sti; 1: hlt; jmp 1b
+        #expect(exit == .timeout)
+        let state = try #require(machine.stoppedAt.first ?? nil)
+        #expect(state.rip == 0x10_0202 || state.rip == 0x10_0201, "RIP 0x\(String(state.rip, radix: 16))")
+        #expect(state.interruptsEnabled)
+        #expect(state.requested.isEmpty && state.inService.isEmpty && state.injecting == nil)
+        if state.mpState != nil {
+            #expect(state.summary == "halted, interrupts on", "\(state.summary)")
+        } else {
+            print("KVM_GET_MP_STATE is not answered by this KVM; the report leaves the halted state out")
+        }
     }
 
     /// `ud2` with no IDT: #UD finds no gate, then #DF none: a triple fault.

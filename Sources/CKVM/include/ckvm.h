@@ -94,6 +94,13 @@ static inline int ckvm_set_sregs(int fd, const struct kvm_sregs *r) { return CKV
 static inline int ckvm_set_cpuid2(int fd, const struct kvm_cpuid2 *c) { return CKVM_RESULT(ioctl(fd, KVM_SET_CPUID2, c)); }
 static inline int ckvm_get_lapic(int fd, struct kvm_lapic_state *s) { return CKVM_RESULT(ioctl(fd, KVM_GET_LAPIC, s)); }
 static inline int ckvm_set_lapic(int fd, const struct kvm_lapic_state *s) { return CKVM_RESULT(ioctl(fd, KVM_SET_LAPIC, s)); }
+static inline int ckvm_get_mp_state(int fd, uint32_t *state) {
+    struct kvm_mp_state s = {0};
+    int r = CKVM_RESULT(ioctl(fd, KVM_GET_MP_STATE, &s));
+    *state = s.mp_state;
+    return r;
+}
+static inline int ckvm_get_vcpu_events(int fd, struct kvm_vcpu_events *e) { return CKVM_RESULT(ioctl(fd, KVM_GET_VCPU_EVENTS, e)); }
 static inline int ckvm_set_fpu(int fd, const struct kvm_fpu *f) { return CKVM_RESULT(ioctl(fd, KVM_SET_FPU, f)); }
 static inline int ckvm_set_msrs(int fd, const struct kvm_msrs *m) { return CKVM_RESULT(ioctl(fd, KVM_SET_MSRS, m)); }
 static inline int ckvm_translate(int fd, struct kvm_translation *t) { return CKVM_RESULT(ioctl(fd, KVM_TRANSLATE, t)); }

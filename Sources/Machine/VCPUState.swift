@@ -1,0 +1,74 @@
+import CKVM
+import KVM
+
+/// Where a vCPU was and what it was doing when the run stopped, for the
+/// report of a guest that ran past its timeout: a hung guest is told apart by
+/// whether its CPUs spin with interrupts off, sleep in `hlt`, or sleep with
+/// an interrupt requested that never arrives.
+public struct VCPUState: Sendable, Equatable {
+    public var rip: UInt64
+    /// RFLAGS.IF.
+    public var interruptsEnabled: Bool
+    /// `KVM_MP_STATE_*`, nil where KVM would not say.
+    public var mpState: UInt32?
+    /// Vectors the local APIC has requested (IRR) and is serving (ISR).
+    public var requested: [Int] = []
+    public var inService: [Int] = []
+    /// A vector KVM is in the middle of injecting, and whether an NMI is pending.
+    public var injecting: Int?
+    public var nmiPending = false
+
+    public init(rip: UInt64, interruptsEnabled: Bool, mpState: UInt32? = nil) {
+        self.rip = rip
+        self.interruptsEnabled = interruptsEnabled
+        self.mpState = mpState
+    }
+
+    /// Reads it from a stopped vCPU; nil if even its registers cannot be read.
+    static func read(_ vcpu: VCPU) -> VCPUState? {
+        guard let regs = try? vcpu.getRegisters() else { return nil }
+        var s = VCPUState(rip: regs.rip, interruptsEnabled: regs.rflags & 0x200 != 0, mpState: try? vcpu.mpState())
+        if let page = try? vcpu.lapicRegisters() {
+            s.requested = Self.vectors(in: page, at: 0x200)
+            s.inService = Self.vectors(in: page, at: 0x100)
+        }
+        if let e = try? vcpu.events() {
+            if e.interrupt.injected != 0 { s.injecting = Int(e.interrupt.nr) }
+            s.nmiPending = e.nmi.pending != 0 || e.nmi.injected != 0
+        }
+        return s
+    }
+
+    /// The vectors set in a 256-bit local APIC bitmap (ISR at 0x100, IRR at
+    /// 0x200): eight 32-bit registers, 16 bytes apart, vector v in bit v % 32
+    /// of register v / 32 (Intel SDM vol. 3, 11.8.4).
+    static func vectors(in page: [UInt8], at base: Int) -> [Int] {
+        var found: [Int] = []
+        for register in 0..<8 {
+            let offset = base + register * 0x10
+            guard offset + 4 <= page.count else { break }
+            let word = page[offset..<offset + 4].enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << (8 * $1.offset) }
+            for bit in 0..<32 where word & (1 << bit) != 0 { found.append(register * 32 + bit) }
+        }
+        return found
+    }
+
+    /// "running, interrupts off", "halted, interrupts on, requested 236, in service 34", …
+    public var summary: String {
+        var parts: [String] = []
+        switch mpState {
+        case nil: break
+        case UInt32(KVM_MP_STATE_HALTED): parts.append("halted")
+        case UInt32(KVM_MP_STATE_INIT_RECEIVED), UInt32(KVM_MP_STATE_UNINITIALIZED): parts.append("waiting for INIT/SIPI")
+        case UInt32(KVM_MP_STATE_RUNNABLE): parts.append("running")
+        case let other?: parts.append("mp state \(other)")
+        }
+        parts.append(interruptsEnabled ? "interrupts on" : "interrupts off")
+        let list = { (v: [Int]) in v.map(String.init).joined(separator: " ") }
+        if !requested.isEmpty { parts.append("requested \(list(requested))") }
+        if !inService.isEmpty { parts.append("in service \(list(inService))") }
+        if let injecting { parts.append("injecting \(injecting)") }
+        if nmiPending { parts.append("NMI pending") }
+        return parts.joined(separator: ", ")
+    }
+}
