@@ -23,10 +23,9 @@ extension VirtualMachine {
 extension VCPU {
     /// Reads the local APIC register page, lets `body` change it, writes it back.
     public func modifyLAPIC(_ body: (inout [UInt8]) -> Void) throws(KVMError) {
-        var state = kvm_lapic_state()
-        try KVMError.check("KVM_GET_LAPIC", ckvm_get_lapic(fd, &state))
-        var bytes = withUnsafeBytes(of: state.regs) { Array($0) }
+        var bytes = try lapicRegisters()
         body(&bytes)
+        var state = kvm_lapic_state()
         withUnsafeMutableBytes(of: &state.regs) { $0.copyBytes(from: bytes) }
         try KVMError.check("KVM_SET_LAPIC", ckvm_set_lapic(fd, &state))
     }
