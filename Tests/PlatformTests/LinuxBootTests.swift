@@ -56,42 +56,46 @@ struct BootCase {
 
     /// Runs the cases in one sandbox session. When the sandbox itself fails
     /// (status 125: L1 wedged, which nested emulation does now and then), the
-    /// cases that had not finished run again in a fresh session, up to three
+    /// cases that had not finished run again in a fresh session, up to four
     /// sessions in all; a case that never finishes is reported as not run,
     /// with the sandbox's own error.
     ///
     /// In the nested sandbox only, a guest that crashed or hung on its own (a
     /// kernel oops the case did not ask for, a triple fault, or a guest that
-    /// ran past its 240 s timeout) runs once more in a fresh session, and the
-    /// first failure is printed whole: the nested emulation now and then runs
-    /// an L2 guest with L1's GS base, and 4 L2 vCPUs on L1's 2 have seen an AP
-    /// triple-fault while starting and once a silent hang (docs/platform.md).
-    /// A case that fails twice keeps its failed result and fails; where
-    /// kvm-sandbox runs on the host's own KVM nothing is retried.
+    /// ran past its 240 s timeout) runs again in a fresh session, up to twice,
+    /// and each failure is printed whole: the nested emulation now and then
+    /// runs an L2 vCPU with L1's GS base, and 4 L2 vCPUs on L1's 2 have seen an
+    /// AP triple-fault while starting and a vCPU whose saved RIP was L1's own
+    /// (docs/platform.md). A case that fails three times keeps its failed
+    /// result and fails; where kvm-sandbox runs on the host's own KVM nothing
+    /// is retried.
     static let results: Result<[String: BootCase], Error> = Result {
+        let sessions = 4, rerunsPerCase = 2
         var found: [String: BootCase] = [:]
         var failures: [String] = []
-        var retried: Set<String> = []
-        for session in 1...3 {
+        var reruns: [String: Int] = [:]
+        for session in 1...sessions {
             let remaining = cases.filter { found[$0.name] == nil }
             if remaining.isEmpty { break }
             let r = try runProgram(repoPath("Scripts/kvm-sandbox"), ["--timeout", "1800", "--", "sh", "-c", script(remaining)], directory: repo.path)
             let nested = r.stderr.contains("nested QEMU/TCG sandbox")
-            for (name, c) in parse(r.stdout) {
-                if nested, session < 3, !retried.contains(name), let oops = c.unexpectedCrash {
-                    retried.insert(name)
+            let ran = parse(r.stdout)
+            for (name, c) in ran {
+                if nested, session < sessions, reruns[name, default: 0] < rerunsPerCase, let oops = c.unexpectedCrash {
+                    reruns[name, default: 0] += 1
                     print("boot matrix: the guest of case \(name) crashed or hung (\(oops)); running it again in a fresh "
-                        + "sandbox session. Its output:\n\(c.output)")
+                        + "sandbox session (rerun \(reruns[name]!) of at most \(rerunsPerCase)). Its output:\n\(c.output)")
                     continue
                 }
                 found[name] = c
             }
+            let pending = reruns.keys.filter { found[$0] == nil }
             if r.status != sandboxFailed {
-                if found.count + retried.count < cases.count { print("boot matrix output (sandbox status \(r.status)):\n\(r.stdout)\n\(r.stderr)") }
-                if retried.allSatisfy({ found[$0] != nil }) { break }
+                if found.count + pending.count < cases.count { print("boot matrix output (sandbox status \(r.status)):\n\(r.stdout)\n\(r.stderr)") }
+                if pending.isEmpty { break }
                 continue
             }
-            let inFlight = remaining.first { found[$0.name] == nil && !retried.contains($0.name) }?.name ?? "none"
+            let inFlight = remaining.first { ran[$0.name] == nil }?.name ?? "none"
             failures.append("session \(session): the sandbox failed while case \(inFlight) ran: \(r.stderr)")
             print("kvm-sandbox: infrastructure failure in boot-matrix session \(session) (case \(inFlight) in flight); "
                 + "\(cases.count - found.count) cases left to run in a fresh session:\n\(r.stderr)")
