@@ -17,17 +17,6 @@ struct BootCase {
         return facts
     }
 
-    /// The first line of a kernel crash, of svmm's triple-fault report or of
-    /// its timeout report in the output, unless the case asked for that end
-    /// (the "panic" and "timeout" cases).
-    var unexpectedCrash: String? {
-        if name == "panic" { return nil }
-        var signatures = ["BUG: unable to handle", "general protection fault", "double fault", "Oops:", "kernel BUG at",
-                          "Kernel panic - not syncing", "svmm: triple fault"]
-        if name != "timeout" { signatures.append("svmm: timeout:") }
-        return output.split(whereSeparator: \.isNewline).first { line in signatures.contains { line.contains($0) } }
-            .map { String($0) }
-    }
 }
 
 /// The Debian cloud kernel booted by svmm, through the sandbox where this
@@ -54,54 +43,27 @@ struct BootCase {
         ("cpu-features", "--cpu-features=-cx16 --cmdline '\(quiet) svmm_cmd=\"grep -ow -e cx16 -e sse2 /proc/cpuinfo | sort -u\"'"),
     ]
 
-    /// Runs the cases in one sandbox session. When the sandbox itself fails
-    /// (status 125: L1 wedged, which nested emulation does now and then), the
-    /// cases that had not finished run again in a fresh session, up to four
-    /// sessions in all; a case that never finishes is reported as not run,
-    /// with the sandbox's own error.
-    ///
-    /// In the nested sandbox only, a guest that crashed or hung on its own (a
-    /// kernel oops the case did not ask for, a triple fault, or a guest that
-    /// ran past its 240 s timeout) runs again in a fresh session, up to twice,
-    /// and each failure is printed whole: the nested emulation now and then
-    /// runs an L2 vCPU with L1's GS base, and 4 L2 vCPUs on L1's 2 have seen an
-    /// AP triple-fault while starting and a vCPU whose saved RIP was L1's own
-    /// (docs/platform.md). A case that fails three times keeps its failed
-    /// result and fails; where kvm-sandbox runs on the host's own KVM nothing
-    /// is retried.
+    /// Runs the cases in one sandbox session. A guest that crashes or hangs
+    /// fails its case: nothing is rerun for it. Only when the sandbox itself
+    /// fails (status 125: L1 wedged or QEMU died) do the cases that had not
+    /// finished run once more in a fresh session, after a `flaky:` line naming
+    /// the case in flight; a second sandbox failure leaves them unrun.
     static let results: Result<[String: BootCase], Error> = Result {
-        let sessions = 4, rerunsPerCase = 2
         var found: [String: BootCase] = [:]
-        var failures: [String] = []
-        var reruns: [String: Int] = [:]
-        for session in 1...sessions {
+        for session in 1...2 {
             let remaining = cases.filter { found[$0.name] == nil }
-            if remaining.isEmpty { break }
             let r = try runProgram(repoPath("Scripts/kvm-sandbox"), ["--timeout", "1800", "--", "sh", "-c", script(remaining)], directory: repo.path)
-            let nested = r.stderr.contains("nested QEMU/TCG sandbox")
-            let ran = parse(r.stdout)
-            for (name, c) in ran {
-                if nested, session < sessions, reruns[name, default: 0] < rerunsPerCase, let oops = c.unexpectedCrash {
-                    reruns[name, default: 0] += 1
-                    print("boot matrix: the guest of case \(name) crashed or hung (\(oops)); running it again in a fresh "
-                        + "sandbox session (rerun \(reruns[name]!) of at most \(rerunsPerCase)). Its output:\n\(c.output)")
-                    continue
-                }
-                found[name] = c
-            }
-            let pending = reruns.keys.filter { found[$0] == nil }
+            found.merge(parse(r.stdout)) { $1 }
             if r.status != sandboxFailed {
-                if found.count + pending.count < cases.count { print("boot matrix output (sandbox status \(r.status)):\n\(r.stdout)\n\(r.stderr)") }
-                if pending.isEmpty { break }
-                continue
+                if found.count < cases.count { print("boot matrix output (sandbox status \(r.status)):\n\(r.stdout)\n\(r.stderr)") }
+                break
             }
-            let inFlight = remaining.first { ran[$0.name] == nil }?.name ?? "none"
-            failures.append("session \(session): the sandbox failed while case \(inFlight) ran: \(r.stderr)")
-            print("kvm-sandbox: infrastructure failure in boot-matrix session \(session) (case \(inFlight) in flight); "
-                + "\(cases.count - found.count) cases left to run in a fresh session:\n\(r.stderr)")
-        }
-        if found.count != cases.count, !failures.isEmpty {
-            print("boot matrix: cases left unrun after \(failures.count) sandbox failures:\n" + failures.joined(separator: "\n"))
+            let inFlight = remaining.first { found[$0.name] == nil }?.name ?? "none"
+            if session == 1 {
+                reportFlaky("boot matrix, case \(inFlight)", stderr: r.stderr)
+            } else {
+                print("boot matrix: the sandbox failed again while case \(inFlight) ran; \(cases.count - found.count) cases left unrun:\n\(r.stderr)")
+            }
         }
         return found
     }

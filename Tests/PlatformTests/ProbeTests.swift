@@ -50,12 +50,11 @@ struct BootLifecycleTests {
         let c = try Conversation(svmmPath, ["boot", "--cpus", "2", "--timeout", "120s",
                                             "--cmdline", "console=ttyS0 quiet svmm_cmd=\"sleep 1000\""])
         sleep(2)
-        let sent = Date()
         c.process.terminate()
         let status = c.finish()
         #expect(status == 143, "stderr: \(c.stderr)")
+        // 143, not the 124 of --timeout: the signal stopped every vCPU.
         #expect(c.stderr.contains("svmm: stopped by signal 15"))
-        #expect(Date().timeIntervalSince(sent) < 60, "the vCPUs did not stop")
     }
 
     @Test func badInputIsOneLineAndItsOwnStatus() throws {

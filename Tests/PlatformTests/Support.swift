@@ -55,20 +55,44 @@ final class LockedBox<T: Sendable>: @unchecked Sendable {
     func set(_ v: T) { lock.lock(); value = v; lock.unlock() }
 }
 
-/// Status 125 from kvm-sandbox means the sandbox itself failed (emulation on
-/// emulation is not perfectly reliable): never a verdict on the command. Such
-/// a run is retried once, and reported as an infrastructure failure if it
-/// happens again.
+/// Status 125 from kvm-sandbox means the sandbox itself failed (L1 did not
+/// start, its heartbeat stopped, QEMU died): never a verdict on the command.
+/// Such a run, and only such a run, is retried once (`withOneSandboxRetry`).
 let sandboxFailed: Int32 = 125
 
-func sandbox(_ arguments: [String], stdin: String? = nil, environment: [String: String] = [:]) throws -> Finished {
-    var result = try runProgram(repoPath("Scripts/kvm-sandbox"), arguments, stdin: stdin, environment: environment, directory: repo.path)
-    if result.status == sandboxFailed {
-        print("kvm-sandbox: infrastructure failure, retrying once: \(result.stderr)")
-        result = try runProgram(repoPath("Scripts/kvm-sandbox"), arguments, stdin: stdin, environment: environment, directory: repo.path)
+/// Prints `flaky: CASE: CAUSE` for a retried sandbox failure and appends it
+/// to $SVMM_FLAKY_LOG, from which Scripts/test counts the run's retries.
+func reportFlaky(_ testCase: String, stderr: String) {
+    let lines = stderr.split(whereSeparator: \.isNewline)
+    let cause = lines.last { $0.contains("the sandbox itself failed") }.map(String.init) ?? "kvm-sandbox status 125"
+    let line = "flaky: \(testCase): \(cause)\n"
+    print(line, terminator: "")
+    if let path = ProcessInfo.processInfo.environment["SVMM_FLAKY_LOG"], let f = FileHandle(forWritingAtPath: path) {
+        f.seekToEndOfFile()
+        f.write(Data(line.utf8))
+        try? f.close()
     }
-    #expect(result.status != sandboxFailed, "the sandbox itself failed twice (infrastructure, not a test verdict): \(result.stderr)")
+}
+
+/// Runs `attempt` (one sandbox run: its result, exit status and stderr) and,
+/// when the sandbox itself failed (125), once more after a `flaky:` line. A
+/// guest crash or hang is the command's own status and is never retried.
+func withOneSandboxRetry<T>(_ testCase: String, _ attempt: () throws -> (T, status: Int32, stderr: String)) rethrows -> T {
+    var (result, status, stderr) = try attempt()
+    if status == sandboxFailed {
+        reportFlaky(testCase, stderr: stderr)
+        (result, status, stderr) = try attempt()
+    }
+    #expect(status != sandboxFailed, "the sandbox itself failed twice (infrastructure, not a verdict on the command): \(stderr)")
     return result
+}
+
+func sandbox(_ arguments: [String], stdin: String? = nil, environment: [String: String] = [:],
+             testCase: String = #function) throws -> Finished {
+    try withOneSandboxRetry(testCase) {
+        let r = try runProgram(repoPath("Scripts/kvm-sandbox"), arguments, stdin: stdin, environment: environment, directory: repo.path)
+        return (r, r.status, r.stderr)
+    }
 }
 
 /// True when the host's /dev/kvm is the paravirtual kvm_pvm (these CI machines).
@@ -138,27 +162,25 @@ final class Conversation: Sendable {
 
 /// Boots the test guest's interactive shell through the sandbox with svmm
 /// `bootArguments`, waits for the prompt, types `command`, expects `answer`,
-/// exits the shell and expects svmm to end with status 0. A sandbox failure
-/// (status 125) is retried once.
-func converseWithGuestShell(_ bootArguments: [String], command: String, answer: String) throws {
-    var attempt = 0
-    while true {
-        attempt += 1
+/// exits the shell and expects svmm to end with status 0.
+func converseWithGuestShell(_ bootArguments: [String], command: String, answer: String, testCase: String = #function) throws {
+    struct Seen { var ready = false, answered = false, exited = false, status: Int32 = 0, stdout = "", stderr = "" }
+    let seen = try withOneSandboxRetry(testCase) {
         let c = try Conversation(repoPath("Scripts/kvm-sandbox"), ["--timeout", "600", "--", svmmPath, "boot"] + bootArguments)
-        let ready = c.waitFor("SVMM-GUEST-READY", seconds: 300) && c.waitFor(" # ", seconds: 120)
-        if ready {
+        var seen = Seen()
+        seen.ready = c.waitFor("SVMM-GUEST-READY", seconds: 300) && c.waitFor(" # ", seconds: 120)
+        if seen.ready {
             c.type(command + "\n")
-            #expect(c.waitFor(answer, seconds: 120), "no answer; console: \(c.stdout)")
+            seen.answered = c.waitFor(answer, seconds: 120)
             c.type("exit\n")
-            #expect(c.waitFor("SVMM-GUEST-SCRIPT-EXIT=0", seconds: 120), "console: \(c.stdout)")
+            seen.exited = c.waitFor("SVMM-GUEST-SCRIPT-EXIT=0", seconds: 120)
         }
-        let status = c.finish()
-        if status == sandboxFailed && attempt == 1 {
-            print("kvm-sandbox: infrastructure failure, retrying once: \(c.stderr)")
-            continue
-        }
-        #expect(ready, "no shell prompt; console: \(c.stdout) stderr: \(c.stderr)")
-        #expect(status == 0, "stderr: \(c.stderr)")
-        return
+        seen.status = c.finish()
+        (seen.stdout, seen.stderr) = (c.stdout, c.stderr)
+        return (seen, seen.status, c.stderr)
     }
+    #expect(seen.ready, "no shell prompt; console: \(seen.stdout) stderr: \(seen.stderr)")
+    #expect(!seen.ready || seen.answered, "no answer; console: \(seen.stdout)")
+    #expect(!seen.ready || seen.exited, "console: \(seen.stdout)")
+    #expect(seen.status == 0, "stderr: \(seen.stderr)")
 }
