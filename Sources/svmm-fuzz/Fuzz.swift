@@ -1,10 +1,14 @@
 import Glibc
 import Machine
 
-/// One input through the virtio data path (libFuzzer's callback).
+/// The target this process fuzzes, chosen by `--target NAME` (Scripts/fuzz).
+/// Set once in main, before libFuzzer calls back on this thread.
+nonisolated(unsafe) var target = FuzzTarget.virtqueue
+
+/// One input through the chosen target (libFuzzer's callback).
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
-    VirtioFuzzing.run(UnsafeRawBufferPointer(start: data, count: data == nil ? 0 : size))
+    target.run(UnsafeRawBufferPointer(start: data, count: data == nil ? 0 : size))
     return 0
 }
 
@@ -16,17 +20,31 @@ func runFuzzerDriver(_ argc: UnsafeMutablePointer<Int32>,
                      _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32) -> Int32
 #endif
 
-/// Built by Scripts/fuzz (-sanitize=fuzzer -DFUZZING): runs libFuzzer.
-/// A plain build replays the inputs named on the command line.
+/// svmm-fuzz --target NAME [libFuzzer flags and corpus directories]
+/// Built by Scripts/fuzz (-sanitize=fuzzer -DFUZZING): runs libFuzzer on NAME.
+/// A plain build replays the input files named after the target.
 @main
 struct FuzzMain {
     static func main() {
+        var args = Array(CommandLine.arguments.dropFirst())
+        guard let i = args.firstIndex(of: "--target"), i + 1 < args.count, let t = FuzzTarget(rawValue: args[i + 1]) else {
+            let names = FuzzTarget.allCases.map(\.rawValue).joined(separator: ", ")
+            let usage = "svmm-fuzz: usage: svmm-fuzz --target NAME [libFuzzer arguments]; NAME is one of \(names)\n"
+            _ = usage.withCString { write(2, $0, strlen($0)) }
+            exit(64)
+        }
+        target = t
+        args.removeSubrange(i...(i + 1))
         #if FUZZING
-        var argc = CommandLine.argc
-        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-        exit(runFuzzerDriver(&argc, &argv, fuzzOneInput))
+        // libFuzzer gets argv[0] and everything but --target NAME.
+        var cArgs = ([CommandLine.arguments[0]] + args).map { strdup($0) } + [nil]
+        var argc = Int32(cArgs.count - 1)
+        cArgs.withUnsafeMutableBufferPointer { buffer in
+            var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = buffer.baseAddress
+            exit(runFuzzerDriver(&argc, &argv, fuzzOneInput))
+        }
         #else
-        for path in CommandLine.arguments.dropFirst() {
+        for path in args {
             guard let f = fopen(path, "rb") else { perror(path); exit(66) }
             var bytes: [UInt8] = []
             var chunk = [UInt8](repeating: 0, count: 65536)
@@ -34,7 +52,7 @@ struct FuzzMain {
             fclose(f)
             bytes.withUnsafeBufferPointer { _ = fuzzOneInput($0.baseAddress, $0.count) }
         }
-        print("replayed \(CommandLine.arguments.count - 1) inputs")
+        print("replayed \(args.count) inputs on \(target.rawValue)")
         #endif
     }
 }
