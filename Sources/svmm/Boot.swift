@@ -22,6 +22,8 @@ struct Boot: ParsableCommand {
               svmm boot --kernel bzImage --memory 1G --timeout 30s
               svmm boot --cpus 2 --stats run.jsonl --stats-summary
               svmm boot --console virtio
+              svmm boot --shell            (a shell in the test guest; Ctrl-A x ends svmm
+                                            through Scripts/boot's sandbox)
 
             Exit status: 0 guest powered off, 10 guest rebooted, 11 guest panicked
             (pvpanic), 12 triple fault,
@@ -40,6 +42,10 @@ struct Boot: ParsableCommand {
     @Option(help: ArgumentHelp("Kernel command line.",
                                discussion: "Default: '\(BootConfiguration.defaultCommandLine)', or '\(BootConfiguration.virtioConsoleCommandLine)' with --console virtio."))
     var cmdline: String?
+
+    @Flag(help: ArgumentHelp("The test guest's interactive shell on its console (adds svmm_shell=1 to the command line); the guest powers off when the shell exits.",
+                             discussion: "Scripts/boot passes it when stdin is a terminal and no --cmdline is given."))
+    var shell = false
 
     @Option(help: "The guest's console device: serial (COM1, ttyS0) or virtio (virtio-console on PCI, hvc0; COM1 still shows early boot messages).")
     var console: ConsoleDevice = .serial
@@ -104,7 +110,8 @@ struct Boot: ParsableCommand {
         }
         var config = BootConfiguration(
             kernel: kernelImage, initrd: initrdImage,
-            commandLine: cmdline ?? (console == .virtio ? BootConfiguration.virtioConsoleCommandLine : BootConfiguration.defaultCommandLine),
+            commandLine: (cmdline ?? (console == .virtio ? BootConfiguration.virtioConsoleCommandLine : BootConfiguration.defaultCommandLine))
+                + (shell ? " svmm_shell=1" : ""),
             cpus: cpus, memoryBytes: Sizes.bytes(memory)!,
             timeoutSeconds: timeout.flatMap(Sizes.seconds))
         config.startTime = started
