@@ -64,7 +64,8 @@ import Testing
             #expect(r.status == 0, "\(check): \(r.stdout) \(r.stderr)")
         }
         let r = try withOneSandboxRetry("aTerminalIsRawWhileTheSandboxStreamsAndRestoredOnEveryWayOut") {
-            let r = try runProgram(repoPath("Tests/Tools/terminal-check"), ["boot"])
+            // Scripts/boot with the svmm under test (`swift test` holds the build folder).
+            let r = try runProgram(repoPath("Tests/Tools/terminal-check"), ["boot"], environment: ["SVMM_BIN": svmmPath])
             return (r, r.status, r.stdout)
         }
         #expect(r.status == 0, "\(r.stdout) \(r.stderr)")
