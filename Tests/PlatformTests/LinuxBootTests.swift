@@ -16,7 +16,6 @@ struct BootCase {
         }
         return facts
     }
-
 }
 
 /// The Debian cloud kernel booted by svmm, through the sandbox where this
