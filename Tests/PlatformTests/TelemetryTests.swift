@@ -161,6 +161,30 @@ struct TelemetryTests {
         }
     }
 
+    /// A guest that makes one exit for each of the 131,072 port/direction
+    /// pairs (every port from 0 to 0xFFFF, in and out) and reads 100 distinct
+    /// MMIO addresses (more than the per-address table's 64): the per-port
+    /// and per-address counts add up exactly to the exit totals. (Before the
+    /// in-use bitmap covered both directions, ports from 0x8000 up corrupted
+    /// the counters of low ports.)
+    @Test func perPortAndPerAddressCountsAddUpForAGuestThatTouchesEveryPort() throws {
+        let file = temporaryPath("allports.jsonl")
+        let r = try runProgram(svmmPath, ["firmware", "allports", "--stats", file, "--timeout", "300"])
+        #expect(r.status == 0, "\(r.stdout) \(r.stderr)")
+        let stats = try RecordedStats(jsonl: String(contentsOfFile: file, encoding: .utf8))
+        let final = try #require(stats.final("0"))
+        #expect(RecordedStats.value(final, "exits", "io") == 131_072)
+        let ports = final["io"] as? [String: Any] ?? [:]
+        #expect(ports.count == 131_072, "\(ports.count) port/direction pairs recorded")
+        let counts = ports.values.map { ($0 as? NSNumber)?.intValue ?? -1 }
+        #expect(counts.allSatisfy { $0 == 1 }, "counts other than 1: \(ports.filter { ($0.value as? NSNumber)?.intValue != 1 }.prefix(5))")
+        #expect(ports["0xffff:out"] != nil && ports["0x8000:in"] != nil && ports["0x0:out"] != nil)
+        let mmio = final["mmio"] as? [String: Any] ?? [:]
+        #expect(RecordedStats.value(final, "exits", "mmio") == 100)
+        #expect(mmio.values.map { ($0 as? NSNumber)?.intValue ?? 0 }.reduce(0, +) == 100, "\(mmio)")
+        stats.expectIntervalsSumToFinal(cumulativeKVM: cumulativeKVMStats(stats.header))
+    }
+
     @Test func summaryAndPlotOfARecordedFile() throws {
         let file = temporaryPath("plot.jsonl"), svg = temporaryPath("plot.svg")
         let run = try runProgram(svmmPath, ["firmware", "mixed", "--arg", mixedArgument(writes: 20000, reads: 20000),

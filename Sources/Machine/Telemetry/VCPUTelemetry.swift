@@ -56,8 +56,8 @@ public enum ExitReason: Int, CaseIterable, Sendable {
 /// | 16, 17 | nanoseconds in `KVM_RUN`, nanoseconds handling exits |
 /// | 18 | MMIO exits to addresses beyond the address table |
 /// | 32..<160 | MMIO address table: 64 × (address + 1, count), open addressing |
-/// | 256..<1280 | bitmap of the port/direction slots in use |
-/// | 1280..<132352 | port exits: slot `port × 2 + (write ? 1 : 0)` |
+/// | 256..<2304 | bitmap of the port/direction slots in use (131,072 bits) |
+/// | 2304..<133376 | port exits: slot `port × 2 + (write ? 1 : 0)` |
 public final class VCPUTelemetry: @unchecked Sendable {
     // SAFETY (@unchecked Sendable): `block` is written only by the vCPU's
     // thread (single writer) through atomic stores and read elsewhere through
@@ -82,7 +82,9 @@ public final class VCPUTelemetry: @unchecked Sendable {
     static let mmioBase = 32
     static let mmioSlots = 64
     static let bitmapBase = 256
-    static let portBase = 1280
+    /// One bit per port/direction slot: 65,536 ports × 2 directions / 64 bits a word.
+    static let bitmapWords = 65536 * 2 / 64
+    static let portBase = bitmapBase + bitmapWords
     static let blockSlots = portBase + 65536 * 2
     static let blockBytes = blockSlots * 8
     /// Latencies (in TSC ticks) above this are recorded as this (a stopped-and-resumed vCPU).
@@ -175,7 +177,7 @@ public final class VCPUTelemetry: @unchecked Sendable {
         s.guestNanoseconds = TSCClock.shared.nanoseconds(ckvm_counter_load(block + Self.guestSlot))
         s.vmmNanoseconds = TSCClock.shared.nanoseconds(ckvm_counter_load(block + Self.vmmSlot))
         s.mmioOverflow = ckvm_counter_load(block + Self.mmioOverflowSlot)
-        for w in 0..<(65536 * 2 / 64) {
+        for w in 0..<Self.bitmapWords {
             var bits = ckvm_counter_load(block + Self.bitmapBase + w)
             while bits != 0 {
                 let slot = w * 64 + bits.trailingZeroBitCount
