@@ -21,12 +21,17 @@ func runFuzzerDriver(_ argc: UnsafeMutablePointer<Int32>,
 #endif
 
 /// svmm-fuzz --target NAME [libFuzzer flags and corpus directories]
+/// svmm-fuzz --list: the targets' names (Scripts/fuzz reads them here).
 /// Built by Scripts/fuzz (-sanitize=fuzzer -DFUZZING): runs libFuzzer on NAME.
 /// A plain build replays the input files named after the target.
 @main
 struct FuzzMain {
     static func main() {
         var args = Array(CommandLine.arguments.dropFirst())
+        if args == ["--list"] {
+            for t in FuzzTarget.allCases { print(t.rawValue) }
+            return
+        }
         guard let i = args.firstIndex(of: "--target"), i + 1 < args.count, let t = FuzzTarget(rawValue: args[i + 1]) else {
             let names = FuzzTarget.allCases.map(\.rawValue).joined(separator: ", ")
             let usage = "svmm-fuzz: usage: svmm-fuzz --target NAME [libFuzzer arguments]; NAME is one of \(names)\n"

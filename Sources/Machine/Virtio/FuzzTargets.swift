@@ -56,6 +56,12 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         return ram
     }
 
+    /// A little-endian field of the input, read where loadRAM put it (the
+    /// input is guest RAM from address 0; callers stay inside the input).
+    static func field<T: FixedWidthInteger>(_: T.Type, _ memory: GuestMemory, at offset: Int) -> T {
+        (try? memory.load(T.self, at: UInt64(offset))) ?? 0
+    }
+
     static func walkChains(_ input: UnsafeRawBufferPointer, _ memory: GuestMemory) {
         let size = UInt16(1) << UInt16(input[0] % 16)
         guard let q = try? Virtqueue(memory: memory, size: size, descriptors: descriptors, available: available, used: used,
@@ -76,12 +82,11 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         let device: any VirtioDevice = input[0] & 1 == 0 ? VirtioRNG() : VirtioConsole(input: nil, output: { _ in })
         guard let f = try? VirtioPCIDevice(device: device, barAddress: barAddress, memory: memory, msix: { _ in NullMSIX() }) else { return }
         let bridge = PCIHostBridge(functions: [f])
-        var scratch: UInt64 = 0
         var p = 1
         while p + 8 <= input.count, p < 4096 {
             let kind = input[p], width = Int(input[p + 1] % 8) + 1
-            let offset = Int(input[p + 2]) | Int(input[p + 3]) << 8
-            var value = UInt64(input[p + 4]) | UInt64(input[p + 5]) << 8 | UInt64(input[p + 6]) << 16 | UInt64(input[p + 7]) << 24
+            let offset = Int(field(UInt16.self, memory, at: p + 2))
+            var value = UInt64(field(UInt32.self, memory, at: p + 4))
             p += 8
             withUnsafeMutableBytes(of: &value) { v in
                 let data = UnsafeMutableRawBufferPointer(rebasing: v[0..<width])
@@ -96,9 +101,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
                 default: f.service(queue: offset % (device.queueMaxSizes.count + 1))
                 }
             }
-            scratch &+= value
         }
-        _ = scratch
     }
 
     static func bringUp(_ device: any VirtioDevice, _ input: UnsafeRawBufferPointer, _ memory: GuestMemory) {
@@ -129,9 +132,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         // device config), then DRIVER_OK, then every queue serviced twice.
         var p = 4
         for _ in 0..<Int(input[3] % 32) where p + 7 <= input.count {
-            let offset = Int(input[p]) | Int(input[p + 1]) << 8
+            let offset = Int(field(UInt16.self, memory, at: p))
             let size = [1, 2, 4, 8][Int(input[p + 2]) % 4]
-            let value = UInt64(input[p + 3]) | UInt64(input[p + 4]) << 8 | UInt64(input[p + 5]) << 16 | UInt64(input[p + 6]) << 24
+            let value = UInt64(field(UInt32.self, memory, at: p + 3))
             write(offset % Int(VirtioPCIDevice.barSize - 8), size, value)
             p += 7
         }
