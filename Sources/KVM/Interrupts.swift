@@ -30,11 +30,6 @@ extension VCPU {
         try KVMError.check("KVM_SET_LAPIC", ckvm_set_lapic(fd, &state))
     }
 
-    public func setFPU(_ fpu: kvm_fpu) throws(KVMError) {
-        var fpu = fpu
-        try KVMError.check("KVM_SET_FPU", ckvm_set_fpu(fd, &fpu))
-    }
-
     /// `KVM_TRANSLATE`: guest-virtual to guest-physical through the guest's page tables.
     public func translate(_ virtualAddress: UInt64) -> UInt64? {
         var t = kvm_translation()
@@ -52,17 +47,18 @@ extension VCPU {
         return withUnsafeBytes(of: state.regs) { Array($0) }
     }
 
-    /// `KVM_GET_MP_STATE`: `KVM_MP_STATE_*` (runnable, halted, waiting for INIT/SIPI…).
-    public func mpState() throws(KVMError) -> UInt32 {
+    /// `KVM_GET_MP_STATE`: runnable, halted, waiting for INIT/SIPI…
+    public func mpState() throws(KVMError) -> MPState {
         var state: UInt32 = 0
         try KVMError.check("KVM_GET_MP_STATE", ckvm_get_mp_state(fd, &state))
-        return state
+        return MPState(state)
     }
 
     /// `KVM_GET_VCPU_EVENTS`: pending or injected exceptions, interrupts and NMIs.
-    public func events() throws(KVMError) -> kvm_vcpu_events {
+    public func events() throws(KVMError) -> PendingEvents {
         var e = kvm_vcpu_events()
         try KVMError.check("KVM_GET_VCPU_EVENTS", ckvm_get_vcpu_events(fd, &e))
-        return e
+        return PendingEvents(injectingInterrupt: e.interrupt.injected != 0 ? Int(e.interrupt.nr) : nil,
+                             nmiPending: e.nmi.pending != 0 || e.nmi.injected != 0)
     }
 }

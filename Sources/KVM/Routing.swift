@@ -2,53 +2,26 @@ import CKVM
 import Glibc
 import Synchronization
 
-/// An eventfd(2): a counter KVM and svmm's threads signal each other through
-/// (ioeventfd: guest → device thread; irqfd: device thread → guest interrupt).
-public final class EventFD: Sendable {
-    public let fd: Int32
-
-    public init() throws(KVMError) {
-        let fd = ckvm_eventfd()
-        guard fd >= 0 else { throw KVMError("eventfd", errno: -fd) }
-        self.fd = fd
-    }
-
-    deinit { close(fd) }
-
-    /// Adds 1 to the counter (wakes a waiter, or raises an irqfd's GSI).
-    public func signal() {
-        var one: UInt64 = 1
-        _ = write(fd, &one, 8)
-    }
-
-    /// Reads and clears the counter; 0 when nothing was signalled.
-    @discardableResult
-    public func drain() -> UInt64 {
-        var value: UInt64 = 0
-        return read(fd, &value, 8) == 8 ? value : 0
-    }
-}
-
 extension VirtualMachine {
-    /// `KVM_IRQFD`: signalling `event` raises `gsi` in the in-kernel irqchip
+    /// `KVM_IRQFD`: signalling the eventfd raises `gsi` in the in-kernel irqchip
     /// (for an MSI route, delivers that message) without a system call on a vCPU.
-    public func attachIRQFD(_ event: EventFD, gsi: UInt32) throws(KVMError) {
-        try KVMError.check("KVM_IRQFD(gsi \(gsi))", ckvm_irqfd(fd, event.fd, gsi, 0))
+    public func attachIRQFD(eventFD: Int32, gsi: UInt32) throws(KVMError) {
+        try KVMError.check("KVM_IRQFD(gsi \(gsi))", ckvm_irqfd(fd, eventFD, gsi, 0))
     }
 
-    public func detachIRQFD(_ event: EventFD, gsi: UInt32) throws(KVMError) {
-        try KVMError.check("KVM_IRQFD(deassign gsi \(gsi))", ckvm_irqfd(fd, event.fd, gsi, UInt32(KVM_IRQFD_FLAG_DEASSIGN)))
+    public func detachIRQFD(eventFD: Int32, gsi: UInt32) throws(KVMError) {
+        try KVMError.check("KVM_IRQFD(deassign gsi \(gsi))", ckvm_irqfd(fd, eventFD, gsi, UInt32(KVM_IRQFD_FLAG_DEASSIGN)))
     }
 
     /// `KVM_IOEVENTFD`: a guest write of `length` bytes to MMIO `address`
-    /// signals `event` inside KVM: no exit to svmm.
-    public func attachIOEventFD(_ event: EventFD, mmio address: UInt64, length: UInt32) throws(KVMError) {
-        try KVMError.check("KVM_IOEVENTFD(0x\(String(address, radix: 16)))", ckvm_ioeventfd(fd, event.fd, address, length, 0, 0))
+    /// signals the eventfd inside KVM: no exit to svmm.
+    public func attachIOEventFD(eventFD: Int32, mmio address: UInt64, length: UInt32) throws(KVMError) {
+        try KVMError.check("KVM_IOEVENTFD(0x\(String(address, radix: 16)))", ckvm_ioeventfd(fd, eventFD, address, length, 0, 0))
     }
 
-    public func detachIOEventFD(_ event: EventFD, mmio address: UInt64, length: UInt32) throws(KVMError) {
+    public func detachIOEventFD(eventFD: Int32, mmio address: UInt64, length: UInt32) throws(KVMError) {
         try KVMError.check("KVM_IOEVENTFD(deassign 0x\(String(address, radix: 16)))",
-                           ckvm_ioeventfd(fd, event.fd, address, length, ckvm_ioeventfd_deassign_flag(), 0))
+                           ckvm_ioeventfd(fd, eventFD, address, length, ckvm_ioeventfd_deassign_flag(), 0))
     }
 
     /// `KVM_SIGNAL_MSI`: delivers one MSI message now.

@@ -13,13 +13,27 @@ public enum VCPUExit {
     /// Triple fault (or a guest that KVM otherwise shut down).
     case shutdown
     /// `KVM_EXIT_SYSTEM_EVENT`: the guest asked for shutdown, reset or crash.
-    case systemEvent(type: UInt32)
+    case systemEvent(SystemEvent)
     /// KVM could not continue the guest, e.g. an emulation failure.
     case internalError(suberror: UInt32, data: [UInt64])
     case failEntry(reason: UInt64)
     /// `KVM_RUN` returned EINTR (a kick) or immediate_exit was set.
     case interrupted
     case other(reason: UInt32)
+}
+
+/// What a `KVM_EXIT_SYSTEM_EVENT` asks for.
+public enum SystemEvent: Sendable, Equatable {
+    case shutdown, reset
+    case other(UInt32)
+
+    init(_ type: UInt32) {
+        switch Int32(type) {
+        case KVM_SYSTEM_EVENT_SHUTDOWN: self = .shutdown
+        case KVM_SYSTEM_EVENT_RESET: self = .reset
+        default: self = .other(type)
+        }
+    }
 }
 
 /// One virtual CPU. It must be run from one thread at a time; `kick()` may be
@@ -31,6 +45,9 @@ public final class VCPU: @unchecked Sendable {
     public let fd: Int32
     public let id: Int
     public let vm: VirtualMachine
+    /// SAFETY: points into the vCPU's run mapping, valid until deinit; the
+    /// buffers `run()` returns point into it too and are valid only until
+    /// the next `KVM_RUN` on this vCPU (the caller handles the exit first).
     private let runPage: UnsafeMutablePointer<kvm_run>
     private let mmapSize: Int
 
@@ -51,28 +68,6 @@ public final class VCPU: @unchecked Sendable {
     deinit {
         munmap(runPage, mmapSize)
         close(fd)
-    }
-
-    public func getRegisters() throws(KVMError) -> kvm_regs {
-        var regs = kvm_regs()
-        try KVMError.check("KVM_GET_REGS", ckvm_get_regs(fd, &regs))
-        return regs
-    }
-
-    public func setRegisters(_ regs: kvm_regs) throws(KVMError) {
-        var regs = regs
-        try KVMError.check("KVM_SET_REGS", ckvm_set_regs(fd, &regs))
-    }
-
-    public func getSpecialRegisters() throws(KVMError) -> kvm_sregs {
-        var sregs = kvm_sregs()
-        try KVMError.check("KVM_GET_SREGS", ckvm_get_sregs(fd, &sregs))
-        return sregs
-    }
-
-    public func setSpecialRegisters(_ sregs: kvm_sregs) throws(KVMError) {
-        var sregs = sregs
-        try KVMError.check("KVM_SET_SREGS", ckvm_set_sregs(fd, &sregs))
     }
 
     /// Asks a running (or about to run) `KVM_RUN` to return. Pair with a
@@ -120,7 +115,7 @@ public final class VCPU: @unchecked Sendable {
         case KVM_EXIT_SHUTDOWN:
             return .shutdown
         case KVM_EXIT_SYSTEM_EVENT:
-            return .systemEvent(type: ckvm_run_system_event_type(runPage))
+            return .systemEvent(SystemEvent(ckvm_run_system_event_type(runPage)))
         case KVM_EXIT_INTERNAL_ERROR:
             let n = min(ckvm_run_internal_ndata(runPage), 16)
             return .internalError(suberror: ckvm_run_internal_suberror(runPage), data: (0..<n).map { ckvm_run_internal_data(runPage, $0) })

@@ -1,3 +1,4 @@
+import VMCore
 /// How a bzImage is entered.
 public enum BootProtocol: String, Sendable, CaseIterable {
     /// PVH when the payload decompresses (on the host) to an ELF with a PVH
@@ -67,16 +68,4 @@ public struct BootConfiguration: Sendable {
                   initrd: initrd.map { ImageSource($0, path: initrdPath ?? "initrd") },
                   commandLine: commandLine, cpus: cpus, memoryBytes: memoryBytes, timeoutSeconds: timeoutSeconds)
     }
-}
-
-/// How a guest's run ended. Each maps to its own svmm exit status.
-public enum MachineExit: Sendable, Equatable {
-    case powerOff
-    case reset
-    case panic
-    case tripleFault(cpu: Int, rip: UInt64?)
-    case timeout
-    case interrupted(signal: Int32)
-    case internalError(cpu: Int, detail: String)
-    case hostError(String)
 }

@@ -1,3 +1,4 @@
+import VMCore
 import KVM
 
 /// CPU feature flags by their Linux /proc/cpuinfo names, and where CPUID

@@ -1,3 +1,4 @@
+import VMCore
 import KVM
 
 /// The CPUID a vCPU sees: what KVM supports, with per-vCPU APIC ids and

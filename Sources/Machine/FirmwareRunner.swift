@@ -1,8 +1,8 @@
-import CKVM
-import Dispatch
+import Stats
 import Glibc
 import KVM
 import Synchronization
+import VMCore
 
 /// Runs a flat 64-bit test program from `Firmware/` on one vCPU.
 ///
@@ -19,8 +19,8 @@ import Synchronization
 /// Any other port or MMIO access is counted and ignored (reads return all-ones),
 /// which makes a loop of `out` instructions an exit benchmark.
 public struct FirmwareRunner: Sendable {
-    public static let loadAddress: UInt64 = 0x10_0000
-    public static let stackTop: UInt64 = 0x8_0000
+    public static let loadAddress = Layout.firmwareLoad
+    public static let stackTop = Layout.firmwareStack
     public static let consolePort: UInt16 = 0xE9
     public static let reportPort: UInt16 = 0xF5
     public static let exitPort: UInt16 = 0xF4
@@ -77,123 +77,86 @@ public struct FirmwareRunner: Sendable {
     }
 
     public func run(image: [UInt8], argument: UInt64 = 0, kvmPath: String = "/dev/kvm", observer: (any Observer)? = nil) throws -> Result {
-        let hypervisor = try Hypervisor(path: kvmPath)
-        let vm = try hypervisor.createVM()
-        try? vm.setTSSAddress(0xFFFB_D000)
-        if irqchip { try vm.createIRQChip() }
-        let memory = try GuestMemory(size: memorySize)
-        try memory.register(with: vm)
+        let b = try MachineBuilder(kvmPath: kvmPath, ram: [(0, memorySize)], irqchip: irqchip, pit: false)
         guard UInt64(image.count) <= memorySize - Self.loadAddress else {
             throw GuestMemoryError(address: Self.loadAddress, length: UInt64(image.count))
         }
-        try memory.write(image, at: Self.loadAddress)
-        try LongModeSetup.writeTables(into: memory)
+        try b.memory.write(image, at: Self.loadAddress)
+        try LongModeSetup.writeTables(into: b.memory)
 
-        let vcpu = try vm.createVCPU(id: 0)
-        var sregs = try vcpu.getSpecialRegisters()
-        LongModeSetup.apply(to: &sregs)
-        try vcpu.setSpecialRegisters(sregs)
-        var regs = kvm_regs()
-        regs.rip = Self.loadAddress
-        regs.rsp = Self.stackTop
-        regs.rflags = 0x2
-        regs.rdi = argument
-        try vcpu.setRegisters(regs)
-        if irqchip {
-            try vcpu.setCPUID(CPUIDPolicy(supported: try hypervisor.supportedCPUID(), cpus: 1).entries(forCPU: 0))
+        let program = ProgramPorts(finish: b.finish)
+        b.pio.register(program, b.ports(Self.consolePort, Self.consolePort), name: "firmware-console")
+        b.pio.register(program, b.ports(Self.exitPort, Self.reportPort), name: "firmware-control")
+        let cpuid = irqchip ? CPUIDPolicy(supported: try b.hypervisor.supportedCPUID(), cpus: 1).entries(forCPU: 0) : nil
+        try b.addVCPU(cpuid: cpuid) { vcpu in
+            var sregs = try vcpu.specialRegisters()
+            LongModeSetup.apply(to: &sregs)
+            try vcpu.setSpecialRegisters(sregs)
+            var regs = Registers()
+            regs.rip = Self.loadAddress
+            regs.rsp = Self.stackTop
+            regs.rdi = argument
+            try vcpu.setRegisters(regs)
         }
+        let vcpu = b.builtVCPUs[0]
         let telemetry = VCPUTelemetry(vcpu: 0, timing: self.telemetry, kvmStats: self.telemetry ? try? vcpu.stats() : nil)
-        observer?.started(telemetry: [telemetry], vmStats: self.telemetry ? try? vm.stats() : nil, devices: Self.devices)
+        let machine = try b.build(telemetry: [telemetry], haltEndsRun: true)
+        observer?.started(telemetry: [telemetry], vmStats: self.telemetry ? try? b.vm.stats() : nil, devices: Self.devices)
 
-        // A watchdog kicks the vCPU out of KVM_RUN if the program overruns.
-        let kick = VCPUKick(vcpu: vcpu)
-        let watchdog = DispatchWorkItem { kick.fire() }
-        DispatchQueue.global().asyncAfter(deadline: .now() + timeoutSeconds, execute: watchdog)
-        defer { watchdog.cancel() }
-
+        let start = HostClock.nanoseconds()
+        let exit = try machine.run(timeout: timeoutSeconds)
         var result = Result(outcome: .timedOut)
-        let start = DispatchTime.now().uptimeNanoseconds
-        loop: while true {
-            telemetry.willEnter()
-            let exit = try vcpu.run()
-            telemetry.didExit(exit)
-            switch exit {
-            case let .io(port, isWrite, size, _, data):
-                if !isWrite {
-                    data.initializeMemory(as: UInt8.self, repeating: 0xFF)
-                    continue
-                }
-                switch port {
-                case Self.consolePort:
-                    result.console.append(contentsOf: data)
-                case Self.reportPort:
-                    result.reports.append(Self.value(data, size: size))
-                case Self.exitPort:
-                    result.outcome = .exited(status: Self.value(data, size: size))
-                    break loop
-                default:
-                    continue
-                }
-            case let .mmio(_, isWrite, data):
-                if !isWrite { data.initializeMemory(as: UInt8.self, repeating: 0xFF) }
-            case .halt:
-                result.outcome = .halted
-                break loop
-            case .shutdown:
-                result.outcome = .shutdown
-                break loop
-            case let .internalError(suberror, data):
-                result.outcome = .internalError(suberror: suberror, data: data)
-                break loop
-            case let .failEntry(reason):
-                result.outcome = .failedEntry(reason: reason)
-                break loop
-            case .interrupted:
-                if kick.fired {
-                    result.outcome = .timedOut
-                    break loop
-                }
-            case .systemEvent, .other:
-                result.outcome = .shutdown
-                break loop
+        result.nanoseconds = HostClock.nanoseconds() - start
+        switch exit {
+        case let .programExited(status): result.outcome = .exited(status: status)
+        case .halted: result.outcome = .halted
+        case .timeout: result.outcome = .timedOut
+        case .internalError:
+            switch machine.vcpuFailure {
+            case let .internalError(suberror, data)?: result.outcome = .internalError(suberror: suberror, data: data)
+            case let .failedEntry(reason)?: result.outcome = .failedEntry(reason: reason)
+            case nil: result.outcome = .shutdown
             }
+        case let .hostError(detail): throw FirmwareRunError(detail: detail)
+        default: result.outcome = .shutdown
         }
-        result.nanoseconds = DispatchTime.now().uptimeNanoseconds - start
-        result.rip = try? vcpu.getRegisters().rip
+        result.console = program.console
+        result.reports = program.reports
+        result.rip = machine.stoppedAt.first??.rip
         result.telemetry = telemetry.sample()
         result.exits = Int(result.telemetry!.totalExits)
         observer?.finished()
         return result
     }
-
-    static func value(_ data: UnsafeMutableRawBufferPointer, size: Int) -> UInt32 {
-        var v: UInt32 = 0
-        for i in 0..<min(size, 4, data.count) { v |= UInt32(data[i]) << (8 * i) }
-        return v
-    }
 }
 
-/// Stops one vCPU from another thread: sets immediate_exit, then signals the
-/// thread that runs it so a guest already executing returns with EINTR.
-final class VCPUKick: Sendable {
-    static let signal = SIGUSR1
-    private let vcpu: VCPU
-    private let thread: pthread_t
-    private let latch = Atomic<Bool>(false)
+/// A host failure while a firmware program ran (KVM_RUN itself failed).
+public struct FirmwareRunError: Error, CustomStringConvertible, Sendable {
+    public let detail: String
+    public var description: String { detail }
+}
 
-    /// Must be created on the thread that runs the vCPU.
-    init(vcpu: VCPU) {
-        self.vcpu = vcpu
-        self.thread = pthread_self()
-        VCPU.installKickHandler(signal: Self.signal)
-        VCPU.unblockKickSignal(Self.signal)
+/// The firmware program's ports: console bytes, reported values, its exit status.
+final class ProgramPorts: BusDevice {
+    private let finish: @Sendable (MachineExit) -> Void
+    private let state = Mutex<(console: [UInt8], reports: [UInt32])>(([], []))
+
+    init(finish: @escaping @Sendable (MachineExit) -> Void) { self.finish = finish }
+
+    var console: [UInt8] { state.withLock { $0.console } }
+    var reports: [UInt32] { state.withLock { $0.reports } }
+
+    func read(address: UInt64, data: UnsafeMutableRawBufferPointer) {
+        data.initializeMemory(as: UInt8.self, repeating: 0xFF)
     }
 
-    var fired: Bool { latch.load(ordering: .acquiring) }
-
-    func fire() {
-        latch.store(true, ordering: .releasing)
-        vcpu.requestExit()
-        pthread_kill(thread, Self.signal)
+    func write(address: UInt64, data: UnsafeRawBufferPointer) {
+        let value = UInt32(truncatingIfNeeded: LittleEndian.value(data.prefix(4)))
+        switch UInt16(truncatingIfNeeded: address) {
+        case FirmwareRunner.consolePort: state.withLock { $0.console.append(contentsOf: data) }
+        case FirmwareRunner.reportPort: state.withLock { $0.reports.append(value) }
+        case FirmwareRunner.exitPort: finish(.programExited(status: value))
+        default: break
+        }
     }
 }

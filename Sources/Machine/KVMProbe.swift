@@ -1,3 +1,4 @@
+import VMCore
 import KVM
 
 /// The functional answer to "does this host's KVM run a real guest?".

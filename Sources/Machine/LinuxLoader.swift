@@ -1,3 +1,4 @@
+import VMCore
 /// Places a bzImage, its command line, initrd, zero page, ACPI tables and
 /// page tables in guest memory, and says where the boot CPU starts.
 public struct LinuxLoader {
@@ -66,32 +67,38 @@ public struct LinuxLoader {
         let page = Layout.pageSize
         let top = memory.regions[0].end
         let inAddress = top >= UInt64(range.count) ? (top - UInt64(range.count)) & ~(page - 1) : 0
-        var staged: (UnsafeRawBufferPointer, Int, KernelPayload.Compression)?
+        var staged: (size: Int, kind: KernelPayload.Compression)?
         if inAddress > 0, (try? image.copy(range, into: memory, at: inAddress)) != nil,
-           let src = try? memory.buffer(at: inAddress, count: range.count),
-           let (kind, size) = try? KernelPayload.uncompressedSize(UnsafeRawBufferPointer(src)),
-           inAddress >= UInt64(size) + (16 << 20) {
-            staged = (UnsafeRawBufferPointer(src), size, kind)
+           let sized = try? memory.withBytes(at: inAddress, count: range.count, { src in
+               Result { () throws(KernelPayload.Failure) in try KernelPayload.uncompressedSize(UnsafeRawBufferPointer(src)) } }).get(),
+           inAddress >= UInt64(sized.1) + (16 << 20) {
+            staged = (sized.1, sized.0)
         } else if inAddress > 0 {
             try? memory.discard(inAddress..<top)
         }
-        if let (src, size, _) = staged {
+        if let (size, _) = staged {
             let outAddress = (inAddress - UInt64(size)) & ~(page - 1)
             let scratch = outAddress..<top
             func fail(_ text: String) -> Result<(KernelPayload.Compression, ImageSource, ELFKernel, scratch: Range<UInt64>?), NoPVH> {
                 try? memory.discard(scratch)
                 return .failure(NoPVH(text: text))
             }
-            guard let dst = try? memory.buffer(at: outAddress, count: size) else { return fail("its payload does not fit in RAM") }
+            // Guest RAM to guest RAM: the payload at inAddress decompresses to outAddress below it.
+            let decompressed = try? memory.withBytes(at: inAddress, count: range.count) { src in
+                try? memory.withBytes(at: outAddress, count: size) { dst in
+                    Result { () throws(KernelPayload.Failure) in try KernelPayload.decompress(UnsafeRawBufferPointer(src), into: dst) }
+                }
+            }
+            guard let decompressed = decompressed ?? nil else { return fail("its payload does not fit in RAM") }
             let compression: KernelPayload.Compression
-            do { compression = try KernelPayload.decompress(src, into: dst) } catch { return fail(error.reason) }
-            let elf = ImageSource(borrowing: UnsafeRawBufferPointer(dst), path: kernel.path)
+            do { compression = try decompressed.get() } catch { return fail(error.reason) }
+            let elf = ImageSource(guest: memory, at: outAddress, count: size, path: kernel.path)
             guard let vmlinux = try? ELFKernel(elf) else { return fail("its payload is not an ELF kernel with a PVH note") }
             if vmlinux.end <= outAddress, vmlinux.segments.allSatisfy({ $0.physicalAddress < outAddress }) {
                 return .success((compression, elf, vmlinux, scratch))
             }
             // The kernel wants the scratch area itself: load from a heap copy.
-            let copy = ImageSource(Array(UnsafeRawBufferPointer(dst)), path: kernel.path)
+            let copy = ImageSource(elf.read(0..<size), path: kernel.path)
             try? memory.discard(scratch)
             return .success((compression, copy, vmlinux, nil))
         }

@@ -1,5 +1,5 @@
-import CKVM
 import KVM
+import VMCore
 
 /// The 64-bit entry state svmm gives a guest it enters in long mode: a flat
 /// GDT, identity-mapped page tables and the control registers that enable
@@ -7,10 +7,10 @@ import KVM
 /// boot protocol's 64-bit entry asks for the same).
 public struct LongModeSetup: Sendable {
     /// Where the tables live in guest-physical memory (all below 1 MiB).
-    public static let gdtAddress: UInt64 = 0x500
-    public static let pml4Address: UInt64 = 0x9000
-    public static let pdptAddress: UInt64 = 0xA000
-    public static let pdAddress: UInt64 = 0xB000   // four PDs: 0xB000–0xEFFF
+    public static let gdtAddress = Layout.gdt
+    public static let pml4Address = Layout.pml4
+    public static let pdptAddress = Layout.pdpt
+    public static let pdAddress = Layout.pageDirectories
 
     /// Identity-mapped span: 4 GiB in 2 MiB pages.
     public static let identityMappedBytes: UInt64 = 4 << 30
@@ -47,46 +47,25 @@ public struct LongModeSetup: Sendable {
         }
     }
 
-    /// Segment register contents for a GDT entry (the hidden part KVM loads).
-    static func segment(selector: UInt16, descriptor: UInt64) -> kvm_segment {
-        var s = kvm_segment()
-        s.selector = selector
-        s.base = 0
-        s.limit = 0xFFFF_FFFF
-        s.type = UInt8((descriptor >> 40) & 0xF)
-        s.s = UInt8((descriptor >> 44) & 1)
-        s.dpl = UInt8((descriptor >> 45) & 3)
-        s.present = UInt8((descriptor >> 47) & 1)
-        s.avl = UInt8((descriptor >> 52) & 1)
-        s.l = UInt8((descriptor >> 53) & 1)
-        s.db = UInt8((descriptor >> 54) & 1)
-        s.g = UInt8((descriptor >> 55) & 1)
-        return s
-    }
-
     /// Loads the flat segments from `gdt`: `codeEntry` into CS, the data
     /// entry into the others, the GDT itself, and a busy TSS-shaped TR
     /// (type 11), which VM entry requires even though nothing uses it.
-    static func loadFlatSegments(into sregs: inout kvm_sregs, codeSelector: UInt16, codeEntry: Int) {
-        sregs.cs = segment(selector: codeSelector, descriptor: gdt[codeEntry])
-        let data = segment(selector: dataSelector, descriptor: gdt[3])
+    static func loadFlatSegments(into sregs: inout SpecialRegisters, codeSelector: UInt16, codeEntry: Int) {
+        sregs.cs = Segment(selector: codeSelector, descriptor: gdt[codeEntry])
+        let data = Segment(selector: dataSelector, descriptor: gdt[3])
         sregs.ds = data
         sregs.es = data
         sregs.fs = data
         sregs.gs = data
         sregs.ss = data
-        sregs.gdt.base = gdtAddress
-        sregs.gdt.limit = UInt16(gdt.count * 8 - 1)
-        var tr = kvm_segment()
-        tr.type = 11
-        tr.present = 1
-        tr.limit = 0x67
-        sregs.tr = tr
+        sregs.gdtBase = gdtAddress
+        sregs.gdtLimit = UInt16(gdt.count * 8 - 1)
+        sregs.tr = Segment(limit: 0x67, type: 11, present: 1)
     }
 
     /// Puts `sregs` in 32-bit protected mode, paging off: the PVH entry state
     /// (flat 4 GiB code and data segments).
-    public static func applyProtectedMode(to sregs: inout kvm_sregs) {
+    public static func applyProtectedMode(to sregs: inout SpecialRegisters) {
         loadFlatSegments(into: &sregs, codeSelector: code32Selector, codeEntry: 1)
         sregs.cr0 = 0x11                       // ET | PE
         sregs.cr3 = 0
@@ -95,7 +74,7 @@ public struct LongModeSetup: Sendable {
     }
 
     /// Puts `sregs` in 64-bit mode with paging on and the tables above loaded.
-    public static func apply(to sregs: inout kvm_sregs) {
+    public static func apply(to sregs: inout SpecialRegisters) {
         loadFlatSegments(into: &sregs, codeSelector: codeSelector, codeEntry: 2)
         sregs.cr3 = pml4Address
         sregs.cr4 = 0x20                       // PAE

@@ -1,5 +1,5 @@
-import CKVM
 import KVM
+import VMCore
 
 /// Where a vCPU was and what it was doing when the run stopped, for the
 /// report of a guest that ran past its timeout: a hung guest is told apart by
@@ -9,8 +9,8 @@ public struct VCPUState: Sendable, Equatable {
     public var rip: UInt64
     /// RFLAGS.IF.
     public var interruptsEnabled: Bool
-    /// `KVM_MP_STATE_*`, nil where KVM would not say.
-    public var mpState: UInt32?
+    /// Nil where KVM would not say.
+    public var mpState: MPState?
     /// Vectors the local APIC has requested (IRR) and is serving (ISR).
     public var requested: [Int] = []
     public var inService: [Int] = []
@@ -18,7 +18,7 @@ public struct VCPUState: Sendable, Equatable {
     public var injecting: Int?
     public var nmiPending = false
 
-    public init(rip: UInt64, interruptsEnabled: Bool, mpState: UInt32? = nil) {
+    public init(rip: UInt64, interruptsEnabled: Bool, mpState: MPState? = nil) {
         self.rip = rip
         self.interruptsEnabled = interruptsEnabled
         self.mpState = mpState
@@ -26,15 +26,15 @@ public struct VCPUState: Sendable, Equatable {
 
     /// Reads it from a stopped vCPU; nil if even its registers cannot be read.
     static func read(_ vcpu: VCPU) -> VCPUState? {
-        guard let regs = try? vcpu.getRegisters() else { return nil }
+        guard let regs = try? vcpu.registers() else { return nil }
         var s = VCPUState(rip: regs.rip, interruptsEnabled: regs.rflags & 0x200 != 0, mpState: try? vcpu.mpState())
         if let page = try? vcpu.lapicRegisters() {
             s.requested = Self.vectors(in: page, at: 0x200)
             s.inService = Self.vectors(in: page, at: 0x100)
         }
         if let e = try? vcpu.events() {
-            if e.interrupt.injected != 0 { s.injecting = Int(e.interrupt.nr) }
-            s.nmiPending = e.nmi.pending != 0 || e.nmi.injected != 0
+            s.injecting = e.injectingInterrupt
+            s.nmiPending = e.nmiPending
         }
         return s
     }
@@ -47,7 +47,7 @@ public struct VCPUState: Sendable, Equatable {
         for register in 0..<8 {
             let offset = base + register * 0x10
             guard offset + 4 <= page.count else { break }
-            let word = page[offset..<offset + 4].enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << (8 * $1.offset) }
+            let word = LittleEndian.load(UInt32.self, from: page, at: offset)
             for bit in 0..<32 where word & (1 << bit) != 0 { found.append(register * 32 + bit) }
         }
         return found
@@ -58,10 +58,11 @@ public struct VCPUState: Sendable, Equatable {
         var parts: [String] = []
         switch mpState {
         case nil: break
-        case UInt32(KVM_MP_STATE_HALTED): parts.append("halted")
-        case UInt32(KVM_MP_STATE_INIT_RECEIVED), UInt32(KVM_MP_STATE_UNINITIALIZED): parts.append("waiting for INIT/SIPI")
-        case UInt32(KVM_MP_STATE_RUNNABLE): parts.append("running")
-        case let other?: parts.append("mp state \(other)")
+        case .halted?: parts.append("halted")
+        case .initReceived?, .uninitialized?: parts.append("waiting for INIT/SIPI")
+        case .runnable?: parts.append("running")
+        case .sipiReceived?: parts.append("SIPI received")
+        case let .other(v)?: parts.append("mp state \(v)")
         }
         parts.append(interruptsEnabled ? "interrupts on" : "interrupts off")
         let list = { (v: [Int]) in v.map(String.init).joined(separator: " ") }

@@ -1,9 +1,12 @@
 import Glibc
-import Machine
+import Synchronization
+import Virtio
 
-/// The target this process fuzzes, chosen by `--target NAME` (Scripts/fuzz).
-/// Set once in main, before libFuzzer calls back on this thread.
-nonisolated(unsafe) var target = FuzzTarget.virtqueue
+/// The target this process fuzzes (its index in `FuzzTarget.allCases`),
+/// chosen by `--target NAME` (Scripts/fuzz): set once in main, before
+/// libFuzzer calls back.
+let chosenTarget = Atomic<Int>(0)
+var target: FuzzTarget { FuzzTarget.allCases[chosenTarget.load(ordering: .relaxed)] }
 
 /// One input through the chosen target (libFuzzer's callback).
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -38,7 +41,7 @@ struct FuzzMain {
             _ = usage.withCString { write(2, $0, strlen($0)) }
             exit(64)
         }
-        target = t
+        chosenTarget.store(FuzzTarget.allCases.firstIndex(of: t)!, ordering: .relaxed)
         args.removeSubrange(i...(i + 1))
         #if FUZZING
         // libFuzzer gets argv[0] and everything but --target NAME.

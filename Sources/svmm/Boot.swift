@@ -1,3 +1,5 @@
+import Stats
+import VMCore
 import ArgumentParser
 import Dispatch
 import Glibc
@@ -13,8 +15,10 @@ struct Boot: ParsableCommand {
 
             The guest's console is COM1 (ttyS0) on this terminal, or hvc0 with
             --console virtio; stdin goes to the guest (raw mode on a terminal;
-            Ctrl-C goes to the guest too). A virtio-rng device feeds the guest's
-            /dev/hwrng unless --no-rng.
+            Ctrl-C goes to the guest too). Console keys, on a terminal or not:
+            Ctrl-A x quits (exit 130), Ctrl-A p pauses and resumes the guest,
+            Ctrl-A Ctrl-A sends one Ctrl-A, Ctrl-A h lists them. A virtio-rng
+            device feeds the guest's /dev/hwrng unless --no-rng.
 
             Examples:
               svmm boot
@@ -22,14 +26,13 @@ struct Boot: ParsableCommand {
               svmm boot --kernel bzImage --memory 1G --timeout 30s
               svmm boot --cpus 2 --stats run.jsonl --stats-summary
               svmm boot --console virtio
-              svmm boot --shell            (a shell in the test guest; Ctrl-A x ends svmm
-                                            through Scripts/boot's sandbox)
+              svmm boot --shell            (a shell in the test guest; Ctrl-A x ends svmm)
 
             Exit status: 0 guest powered off, 10 guest rebooted, 11 guest panicked
             (pvpanic), 12 triple fault,
             65 not a bootable kernel/initrd, 66 file unreadable, 69 no usable
             /dev/kvm, 70 KVM internal error, 73 --stats/--stats-listen cannot be
-            created, 124 --timeout, 130/143 SIGINT/SIGTERM.
+            created, 124 --timeout, 130 Ctrl-A x or SIGINT, 143 SIGTERM.
             """
     )
 
@@ -93,7 +96,7 @@ struct Boot: ParsableCommand {
 
     /// Opens the files and builds the machine; the kernel and initrd are read
     /// straight into guest RAM.
-    func makeMachine(started: UInt64) -> LinuxMachine {
+    func makeMachine(started: UInt64, output: ConsoleOutput, input: ConsoleInput) -> LinuxMachine {
         let cache = ArtifactCache.directory
         let kernelPath = kernel ?? cache + "/guest/bzImage"
         let initrdPath = initrd ?? (kernel == nil ? cache + "/guest/initramfs.cpio.gz" : nil)
@@ -125,11 +128,11 @@ struct Boot: ParsableCommand {
 
         do {
             return try LinuxMachine(config: config, kvmPath: device, consoleOutput: { byte in
-                _ = withUnsafeBytes(of: byte) { HostIO.writeAll(1, $0) }
+                output.append(byte)
             }, virtioConsoleOutput: { bytes in
-                HostIO.writeAll(1, bytes)
-            }, consoleInput: console == .virtio ? 0 : nil, onBootMarker: { ns in
-                if reportBootTime { FileHandleOutput.stderr("svmm: boot marker reached after \(ns / 1_000_000) ms\n") }
+                output.append(bytes)
+            }, consoleInput: input.virtioInput, onBootMarker: { ns in
+                if reportBootTime { Messages.line("svmm: boot marker reached after \(ns / 1_000_000) ms") }
             })
         } catch let e as LoaderError {
             fail(e.description, .badInput)
@@ -152,7 +155,15 @@ struct Boot: ParsableCommand {
         for sig in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&stopSignals, sig) }
         pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
         let statsOutput = telemetry.openOutput()
-        let machine = makeMachine(started: started)
+        // The first line on a terminal (kvm-sandbox sets SVMM_CONSOLE_TERMINAL
+        // when the terminal is on its side of the sandbox).
+        if isatty(0) == 1 || getenv("SVMM_CONSOLE_TERMINAL") != nil { Messages.line(ConsoleEscape.help) }
+        let output: ConsoleOutput, input: ConsoleInput
+        do {
+            output = try ConsoleOutput(fd: 1)
+            input = try ConsoleInput(virtio: console == .virtio)
+        } catch { fail("\(error)", .failure) }
+        let machine = makeMachine(started: started, output: output, input: input)
         let session = telemetry.enabled
             ? TelemetrySession(options: telemetry, output: statsOutput, telemetry: machine.telemetry,
                                vmStats: machine.vmStats, devices: machine.deviceRanges)
@@ -166,59 +177,54 @@ struct Boot: ParsableCommand {
             }
             // svmm's own share of the boot: loading, decompression, tables, devices.
             let ms = (DispatchTime.now().uptimeNanoseconds - started) / 1_000_000
-            FileHandleOutput.stderr("svmm: entering the kernel through \(how) after \(ms) ms of host setup\n")
+            Messages.line("svmm: entering the kernel through \(how) after \(ms) ms of host setup")
         }
 
-        // Console input: stdin → COM1 (the virtio-console reads stdin on its own thread).
+        // Console input: stdin, less the escape commands, to COM1 or the virtio-console.
         Terminal.enterRawMode()
-        let serial = machine.serial
-        if console == .serial { _ = try? startHostThread("console input", detached: true) {
-            var buffer = [UInt8](repeating: 0, count: 256)
-            while true {
-                let n = buffer.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
-                if n <= 0 { return }
-                var pending = Array(buffer[0..<n])
-                while !pending.isEmpty {
-                    let taken = serial.receive(pending)
-                    pending.removeFirst(taken)
-                    if !pending.isEmpty { usleep(1000) }
-                }
-            }
-        } }
+        do { try input.start(serial: machine.serial, machine: machine.machine) } catch { fail("\(error)", .failure) }
         let waitSet = stopSignals
         _ = try? startHostThread("signal handling", detached: true) {
             var set = waitSet, sig: Int32 = 0
             if sigwait(&set, &sig) == 0 { machine.stop(.interrupted(signal: sig)) }
         }
 
-        let outcome: MachineExit
-        do { outcome = try machine.run() } catch { fail("\(error)", .failure) }
+        let result = Result { try machine.run() }
+        // Every byte the guest wrote reaches stdout before svmm says how it ended.
+        output.close()
         Terminal.restore()
+        let outcome: MachineExit
+        do { outcome = try result.get() } catch { fail("\(error)", .failure) }
         session?.finish()
-        if exitStats { FileHandleOutput.stderr("svmm: " + StatsSummary.oneLine(machine.telemetry.map { $0.sample() }) + "\n") }
+        if exitStats { Messages.line("svmm: " + StatsSummary.oneLine(machine.telemetry.map { $0.sample() })) }
         switch outcome {
         case .powerOff:
             return
         case .reset:
-            FileHandleOutput.stderr("svmm: the guest rebooted\n")
+            Messages.line("svmm: the guest rebooted")
             throw ExitCode(ExitStatus.guestReboot.rawValue)
         case .panic:
-            FileHandleOutput.stderr("svmm: the guest kernel panicked (reported through pvpanic)\n")
+            Messages.line("svmm: the guest kernel panicked (reported through pvpanic)")
             throw ExitCode(ExitStatus.guestPanic.rawValue)
         case let .tripleFault(cpu, rip):
-            FileHandleOutput.stderr("svmm: triple fault on vCPU \(cpu)\(rip.map { " at RIP 0x" + String($0, radix: 16) } ?? "")\n")
+            Messages.line("svmm: triple fault on vCPU \(cpu)\(rip.map { " at RIP 0x" + String($0, radix: 16) } ?? "")")
             throw ExitCode(ExitStatus.tripleFault.rawValue)
         case .timeout:
             let rips = machine.stoppedAt.enumerated().map { cpu, state in
                 state.map { "vCPU \(cpu) at RIP 0x\(String($0.rip, radix: 16)) (\($0.summary))" } ?? "vCPU \(cpu) at RIP ?"
             }
-            FileHandleOutput.stderr("svmm: timeout: the guest ran past \(timeout ?? "") (\(rips.joined(separator: "; ")))\n")
+            Messages.line("svmm: timeout: the guest ran past \(timeout ?? "") (\(rips.joined(separator: "; ")))")
             throw ExitCode(ExitStatus.timeout.rawValue)
         case let .interrupted(sig):
-            FileHandleOutput.stderr("svmm: stopped by signal \(sig)\n")
+            Messages.line("svmm: stopped by signal \(sig)")
             throw ExitCode(128 + sig)
+        case .consoleEscape:
+            Messages.line("svmm: stopped from the console (Ctrl-A x)")
+            throw ExitCode(ExitStatus.consoleEscape.rawValue)
+        case .halted, .programExited:
+            fail("the guest stopped in a way a Linux board does not produce: \(outcome)", .failure)
         case let .internalError(cpu, detail):
-            FileHandleOutput.stderr("svmm: KVM internal error on vCPU \(cpu): \(detail); if 'svmm probe' says this KVM is not usable, run through Scripts/kvm-sandbox\n")
+            Messages.line("svmm: KVM internal error on vCPU \(cpu): \(detail); if 'svmm probe' says this KVM is not usable, run through Scripts/kvm-sandbox")
             throw ExitCode(ExitStatus.kvmInternalError.rawValue)
         case let .hostError(detail):
             fail(detail, .failure)

@@ -1,3 +1,5 @@
+import Stats
+import VMCore
 import Glibc
 
 /// Finds the guest programs built from `Firmware/` (by `make -C Firmware`).

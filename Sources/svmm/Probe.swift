@@ -1,3 +1,5 @@
+import Stats
+import VMCore
 import ArgumentParser
 import KVM
 import Machine
@@ -38,9 +40,9 @@ struct Probe: ParsableCommand {
         }
         switch KVMProbe.judge(result) {
         case .usable:
-            if !quiet { FileHandleOutput.stderr("svmm: KVM usable: \(device) delivered #BP and #UD to a 64-bit guest (vectors \(result.reports))\n") }
+            if !quiet { Messages.line("svmm: KVM usable: \(device) delivered #BP and #UD to a 64-bit guest (vectors \(result.reports))") }
         case let .notUsable(reason):
-            FileHandleOutput.stderr("svmm: KVM not usable for real guests: \(reason)\n")
+            Messages.line("svmm: KVM not usable for real guests: \(reason)")
             throw ExitCode(ExitStatus.kvmNotUsable.rawValue)
         }
     }

@@ -1,3 +1,5 @@
+import Stats
+import VMCore
 import ArgumentParser
 import KVM
 import Machine
@@ -63,7 +65,7 @@ struct RunFirmware: ParsableCommand {
         } catch {
             fail("\(error)", .kvmUnavailable)
         }
-        if !result.console.isEmpty { FileHandleOutput.stdout(result.console) }
+        if !result.console.isEmpty { writeStdout(result.console) }
         let perIteration = arg > 0 ? Double(result.nanoseconds) / Double(arg) : 0
         print("outcome=\(result.outcome) exits=\(result.exits) ns=\(result.nanoseconds) ns_per_iteration=\((perIteration * 100).rounded() / 100) reports=\(result.reports)")
         switch result.outcome {

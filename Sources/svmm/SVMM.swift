@@ -1,3 +1,5 @@
+import Stats
+import VMCore
 import ArgumentParser
 import Glibc
 import Machine
@@ -40,20 +42,23 @@ enum ExitStatus: Int32 {
     case kvmUnavailable = 69
     /// A KVM internal error or failed entry: the guest could not be run.
     case kvmInternalError = 70
+    /// The person at the console typed Ctrl-A x (as a Ctrl-C would end a program: 128 + SIGINT).
+    case consoleEscape = 130
 }
 
 /// Prints one line on stderr and exits with `status`.
 func fail(_ message: String, _ status: ExitStatus) -> Never {
-    FileHandleOutput.stderr("svmm: error: \(message)\n")
+    Messages.line("svmm: error: \(message)")
     exit(status.rawValue)
 }
 
-enum FileHandleOutput {
-    static func stderr(_ s: String) {
-        var s = s
-        _ = s.withUTF8 { HostIO.writeAll(2, UnsafeRawBufferPointer($0)) }
-    }
-    static func stdout(_ bytes: [UInt8]) {
-        _ = bytes.withUnsafeBytes { HostIO.writeAll(1, $0) }
-    }
+/// Bytes on stdout, whole (the guest's console, reports).
+func writeStdout(_ bytes: [UInt8]) {
+    _ = bytes.withUnsafeBytes { HostIO.writeAll(1, $0) }
+}
+
+/// A block of text on stderr (a table that ends in its own newline).
+func writeStderrText(_ text: String) {
+    var text = text
+    text.withUTF8 { _ = HostIO.writeAll(2, UnsafeRawBufferPointer($0)) }
 }

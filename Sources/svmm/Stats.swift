@@ -1,3 +1,5 @@
+import Stats
+import VMCore
 import ArgumentParser
 import Glibc
 import Machine
@@ -33,7 +35,7 @@ struct Stats: ParsableCommand {
         do { parsed = try StatsFile.parse(String(decoding: bytes, as: UTF8.self)) } catch {
             fail("\(file): \(error.description)", .badInput)
         }
-        FileHandleOutput.stdout(Array(StatsSummary.render(header: parsed.header, finals: parsed.finals).utf8))
+        writeStdout(Array(StatsSummary.render(header: parsed.header, finals: parsed.finals).utf8))
         if let plot {
             let svg = StatsPlot.svg(parsed, logScale: logScale)
             let fd = open(plot, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)

@@ -1,3 +1,5 @@
+import Stats
+import VMCore
 import ArgumentParser
 import Glibc
 import KVM
@@ -82,10 +84,10 @@ final class TelemetrySession {
         endpoint?.stop()
         let finals = recorder.finish()
         if recorder.writeError != 0, let path = options.stats {
-            FileHandleOutput.stderr("svmm: warning: writing --stats file \(path) failed: \(String(cString: strerror(recorder.writeError)))\n")
+            Messages.line("svmm: warning: writing --stats file \(path) failed: \(String(cString: strerror(recorder.writeError)))")
         }
         if options.statsSummary {
-            FileHandleOutput.stderr(StatsSummary.render(header: recorder.header, finals: finals))
+            writeStderrText(StatsSummary.render(header: recorder.header, finals: finals))
         }
     }
 }

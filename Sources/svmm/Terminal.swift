@@ -1,3 +1,5 @@
+import Stats
+import VMCore
 import Glibc
 import Synchronization
 

@@ -1,6 +1,9 @@
 import Foundation
 import Testing
 @testable import Machine
+@testable import Stats
+@testable import VMCore
+@testable import Virtio
 
 /// The generated tables, read back by ACPICA's disassembler (`iasl`, Debian
 /// acpica-tools): any error, or a checksum it rejects, fails the test.

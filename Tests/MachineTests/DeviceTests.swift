@@ -3,6 +3,9 @@ import Synchronization
 import KVM
 import Testing
 @testable import Machine
+@testable import Stats
+@testable import VMCore
+@testable import Virtio
 
 /// Records what a device did with its outputs.
 final class Recorder: Sendable {
@@ -271,14 +274,14 @@ extension BusDevice {
     }
 
     @Test func theSummaryNamesStateInterruptsAndVectors() {
-        var s = VCPUState(rip: 0x1000, interruptsEnabled: true, mpState: 3)     // KVM_MP_STATE_HALTED
+        var s = VCPUState(rip: 0x1000, interruptsEnabled: true, mpState: .halted)     // KVM_MP_STATE_HALTED
         #expect(s.summary == "halted, interrupts on")
         s.requested = [236]
         s.inService = [34, 36]
         s.injecting = 36
         s.nmiPending = true
         #expect(s.summary == "halted, interrupts on, requested 236, in service 34 36, injecting 36, NMI pending")
-        #expect(VCPUState(rip: 0, interruptsEnabled: false, mpState: 0).summary == "running, interrupts off")
+        #expect(VCPUState(rip: 0, interruptsEnabled: false, mpState: .runnable).summary == "running, interrupts off")
         #expect(VCPUState(rip: 0, interruptsEnabled: false, mpState: nil).summary == "interrupts off")
     }
 }

@@ -1,5 +1,8 @@
 import Testing
 @testable import Machine
+@testable import Stats
+@testable import VMCore
+@testable import Virtio
 
 @Suite struct GuestMemoryTests {
     @Test func readsBackWhatWasWritten() throws {

@@ -1,6 +1,9 @@
 import Foundation
 import Testing
 @testable import Machine
+@testable import Stats
+@testable import VMCore
+@testable import Virtio
 
 /// The bzImage fast path: a payload compressed the way Linux's build does it
 /// (the system tools, then the uncompressed size appended as 4 bytes) is

@@ -1,6 +1,9 @@
 import Testing
 import Glibc
 @testable import Machine
+@testable import Stats
+@testable import VMCore
+@testable import Virtio
 
 @Suite struct LoaderTests {
     func config(_ kernel: [UInt8], initrd: [UInt8]? = nil, cmdline: String = "console=ttyS0",

@@ -2,6 +2,9 @@ import Foundation
 import Synchronization
 import Testing
 @testable import Machine
+@testable import Stats
+@testable import VMCore
+@testable import Virtio
 
 let kvmPresent = FileManager.default.isReadableFile(atPath: "/dev/kvm") && FileManager.default.isWritableFile(atPath: "/dev/kvm")
 let hostKVMIsPVM = FileManager.default.fileExists(atPath: "/sys/module/kvm_pvm")

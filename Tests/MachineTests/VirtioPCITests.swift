@@ -2,6 +2,9 @@ import Glibc
 import Synchronization
 import Testing
 @testable import Machine
+@testable import Stats
+@testable import VMCore
+@testable import Virtio
 
 /// Records MSI-X traffic instead of going through KVM.
 final class RecordingMSIX: MSIXDelivery, @unchecked Sendable {
@@ -62,7 +65,7 @@ struct PCIDriver {
 
     /// Enables MSI-X and programs every vector unmasked.
     func enableMSIX() {
-        setCfg(VirtioPCIDevice.msixCap + 2, 0x8000, size: 2)
+        setCfg(PCICapabilities.msix + 2, 0x8000, size: 2)
         for v in 0..<f.vectors {
             setBar(VirtioPCIDevice.tableOffset + 16 * v, UInt32(0xFEE0_0000))
             setBar(VirtioPCIDevice.tableOffset + 16 * v + 8, UInt32(0x40 + v))
@@ -152,10 +155,10 @@ struct PCIDriver {
         p.setBar(VirtioPCIDevice.tableOffset + 16 + 12, UInt32(0))            // unmask: delivered now
         #expect(msix.fired == ["fire 1"])
         #expect(p.bar(VirtioPCIDevice.pbaOffset, UInt64.self) == 0)
-        p.setCfg(VirtioPCIDevice.msixCap + 2, 0xC000, size: 2)                 // function mask
+        p.setCfg(PCICapabilities.msix + 2, 0xC000, size: 2)                 // function mask
         f.signal(vector: 0)
         #expect(msix.fired == ["fire 1"])
-        p.setCfg(VirtioPCIDevice.msixCap + 2, 0x8000, size: 2)
+        p.setCfg(PCICapabilities.msix + 2, 0x8000, size: 2)
         #expect(msix.fired == ["fire 1", "fire 0"])
         #expect(msix.log.withLock { $0.contains("program 1 0xfee00000 65") })
     }

@@ -1,6 +1,9 @@
 import Glibc
 import Testing
 @testable import Machine
+@testable import Stats
+@testable import VMCore
+@testable import Virtio
 
 /// A driver's side of a split virtqueue in guest memory, for tests: writes
 /// descriptors and available entries the way Linux's virtio_ring does.

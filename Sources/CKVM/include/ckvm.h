@@ -11,10 +11,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
-#include <sys/eventfd.h>
-#include <sys/random.h>
 #include <sys/ioctl.h>
-#include <time.h>
 #include <linux/kvm.h>
 
 #define CKVM_RESULT(expr) ({ int _r = (expr); _r < 0 ? -errno : _r; })
@@ -71,19 +68,6 @@ static inline int ckvm_signal_msi(int fd, uint32_t address_lo, uint32_t address_
 }
 
 static inline uint32_t ckvm_ioeventfd_deassign_flag(void) { return KVM_IOEVENTFD_FLAG_DEASSIGN; }
-// A non-blocking, close-on-exec eventfd (EFD_* are macros Swift cannot see through).
-static inline int ckvm_eventfd(void) { return CKVM_RESULT(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)); }
-
-static inline long ckvm_getrandom(void *buf, unsigned long len) { return getrandom(buf, len, 0); }
-
-// Virtqueue memory ordering (virtio 1.2 §2.7.13): the device must read the
-// available index before the entries it covers, publish used entries before
-// the used index, and order its used-index store before reading the driver's
-// event index / flags. C11 fences, as Swift has none over plain memory.
-static inline void ckvm_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
-static inline void ckvm_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
-static inline void ckvm_fence_full(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
-
 // vCPU ioctls.
 static inline int ckvm_run(int fd) { return CKVM_RESULT(ioctl(fd, KVM_RUN, 0)); }
 static inline int ckvm_get_regs(int fd, struct kvm_regs *r) { return CKVM_RESULT(ioctl(fd, KVM_GET_REGS, r)); }
@@ -146,27 +130,6 @@ static inline int ckvm_unblock_signal(int sig) {
     sigemptyset(&set);
     sigaddset(&set, sig);
     return -pthread_sigmask(SIG_UNBLOCK, &set, 0);
-}
-
-// Exit telemetry counters: each is written by one vCPU thread only and read
-// by the stats sampler at any time. Relaxed atomic loads and stores (no lock
-// prefix: there is a single writer) keep both sides free of tearing and of
-// data races without a lock on the exit path. Swift's Synchronization has no
-// atomic view of raw memory, hence these three lines of C.
-static inline void ckvm_counter_add(uint64_t *p, uint64_t v) {
-    __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + v, __ATOMIC_RELAXED);
-}
-static inline void ckvm_counter_store(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-static inline uint64_t ckvm_counter_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-// The time-stamp counter: the exit path's clock. clock_gettime can be a
-// system call plus a device read (an HPET in the nested sandbox), which would
-// cost more than the exits being measured.
-static inline uint64_t ckvm_rdtsc(void) { return __builtin_ia32_rdtsc(); }
-// CLOCK_MONOTONIC in nanoseconds.
-static inline uint64_t ckvm_now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
 #endif

@@ -1,3 +1,4 @@
+import VMCore
 /// The ACPI tables svmm gives a guest (ACPI 6.4 §5.2): RSDP → XSDT → FADT
 /// (→ DSDT) and MADT. Distro kernels have no MP-table parser, so these are
 /// how the guest learns its CPUs and I/O APIC, and how it powers off.

@@ -1,3 +1,4 @@
+import VMCore
 /// A few ACPI Machine Language encoders (ACPI 6.4 §20.2), enough for svmm's
 /// DSDT. Each returns the encoded bytes of one term.
 enum AML {

@@ -1,3 +1,4 @@
+import VMCore
 /// The Linux x86 "zero page" (struct boot_params, Documentation/arch/x86/zero-page.rst).
 public struct BootParams: Sendable {
     public private(set) var bytes = [UInt8](repeating: 0, count: 4096)

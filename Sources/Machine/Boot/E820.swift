@@ -1,3 +1,4 @@
+import VMCore
 /// The BIOS memory map (ACPI "System Address Map", e820) svmm reports.
 public struct E820Entry: Sendable, Equatable {
     public enum Kind: UInt32, Sendable { case ram = 1, reserved = 2 }

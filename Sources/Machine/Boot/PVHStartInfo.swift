@@ -1,3 +1,4 @@
+import VMCore
 /// `struct hvm_start_info` (version 1) with its module list and memory map
 /// (xen/include/public/arch-x86/hvm/start_info.h), as one blob placed at
 /// `Layout.pvhStartInfo`.

@@ -1,3 +1,4 @@
+import VMCore
 import Dispatch
 import Synchronization
 
@@ -6,7 +7,7 @@ import Synchronization
 /// records the time since `start`. The test guest's /init writes it right
 /// after its marker line (`devmem 0xd0000000 8 123`).
 public final class BootMarker: BusDevice {
-    public static let address: UInt64 = 0xD000_0000
+    public static let address = Layout.bootMarker
     public static let magic: UInt8 = 123
     private let start: UInt64
     private let reached = Mutex<UInt64?>(nil)

@@ -1,3 +1,4 @@
+import VMCore
 import Glibc
 import Synchronization
 

@@ -1,3 +1,4 @@
+import VMCore
 /// QEMU's pvpanic ISA device (docs/specs/pvpanic.rst): the guest writes
 /// PVPANIC_PANICKED (bit 0) when it panics, so svmm can report a panic as a
 /// panic rather than as the reboot that panic=-1 turns it into. Described in

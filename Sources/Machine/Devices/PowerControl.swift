@@ -1,3 +1,4 @@
+import VMCore
 /// What the guest asked the board to do.
 public enum PowerRequest: Sendable, Equatable {
     case powerOff

@@ -1,3 +1,4 @@
+import VMCore
 import Synchronization
 
 /// A 16550A UART (the PC's COM1 at 0x3F8, IRQ 4), enough for Linux's 8250

@@ -1,3 +1,4 @@
+import VMCore
 /// A Linux bzImage, validated against the x86 boot protocol
 /// (Documentation/arch/x86/boot.rst, "The real-mode kernel header").
 public struct BzImage: Sendable {

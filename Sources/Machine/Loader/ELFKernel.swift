@@ -1,3 +1,4 @@
+import VMCore
 /// An uncompressed Linux `vmlinux` (ELF64) entered through PVH: its PT_LOAD
 /// segments and the 32-bit entry from the XEN_ELFNOTE_PHYS32_ENTRY note
 /// (xen/include/public/elfnote.h; the PVH boot ABI, xen docs/misc/pvh.pandoc).

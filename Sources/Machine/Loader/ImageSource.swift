@@ -1,3 +1,4 @@
+import VMCore
 import Glibc
 
 /// A kernel or initrd image. A file is read piece by piece with `pread`,
@@ -9,8 +10,9 @@ public final class ImageSource: @unchecked Sendable {
     // pread takes no file position, so concurrent readers do not interfere.
     private let fd: Int32
     private let bytes: [UInt8]
-    /// Bytes owned elsewhere (a scratch area of guest RAM); used when fd < 0 and bytes is empty.
-    private let raw: UnsafeRawBufferPointer?
+    /// Bytes in a scratch area of guest RAM (the PVH fast path's decompressed
+    /// kernel); used when fd < 0 and bytes is empty.
+    private let guest: (memory: GuestMemory, address: UInt64)?
     public let path: String
     /// The image's size in bytes.
     public let count: Int
@@ -18,18 +20,19 @@ public final class ImageSource: @unchecked Sendable {
     public init(_ bytes: [UInt8], path: String = "image") {
         self.fd = -1
         self.bytes = bytes
-        self.raw = nil
+        self.guest = nil
         self.path = path
         self.count = bytes.count
     }
 
-    /// Bytes that stay owned by the caller and must outlive this source.
-    init(borrowing raw: UnsafeRawBufferPointer, path: String) {
+    /// `count` bytes of guest RAM at `address`, read through `memory` on
+    /// each use (no pointer into guest RAM is kept).
+    init(guest memory: GuestMemory, at address: UInt64, count: Int, path: String) {
         self.fd = -1
         self.bytes = []
-        self.raw = raw
+        self.guest = (memory, address)
         self.path = path
-        self.count = raw.count
+        self.count = count
     }
 
     /// Opens a file for reading; fails with errno (EISDIR for a directory).
@@ -41,7 +44,7 @@ public final class ImageSource: @unchecked Sendable {
         guard st.st_mode & S_IFMT != S_IFDIR else { close(fd); throw ImageOpenError(errno: EISDIR) }
         self.fd = fd
         self.bytes = []
-        self.raw = nil
+        self.guest = nil
         self.path = path
         self.count = Int(st.st_size)
     }
@@ -53,7 +56,7 @@ public final class ImageSource: @unchecked Sendable {
     /// The bytes in `range`, clipped to the image (for headers: small reads).
     public func read(_ range: Range<Int>) -> [UInt8] {
         let r = range.clamped(to: 0..<count)
-        if let raw { return Array(raw[r]) }
+        if let guest { return (try? guest.memory.read(at: guest.address + UInt64(r.lowerBound), count: r.count)) ?? [] }
         guard fd >= 0 else { return Array(bytes[r]) }
         var out = [UInt8](repeating: 0, count: r.count)
         let got = out.withUnsafeMutableBytes { readFully(into: $0, at: r.lowerBound) }
@@ -67,16 +70,11 @@ public final class ImageSource: @unchecked Sendable {
         guard range.lowerBound >= 0, range.upperBound <= count else {
             throw LoaderError.truncated(path: path, needed: range.upperBound, actual: count)
         }
-        let dst = try memory.buffer(at: address, count: range.count)
-        if let raw {
-            dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw[range]))
-            return
+        if let guest {
+            return try guest.memory.copy(from: guest.address + UInt64(range.lowerBound), to: address, count: range.count)
         }
-        guard fd >= 0 else {
-            dst.copyBytes(from: bytes[range])
-            return
-        }
-        let got = readFully(into: dst, at: range.lowerBound)
+        guard fd >= 0 else { return try memory.write(bytes[range], at: address) }
+        let got = try memory.withBytes(at: address, count: range.count) { readFully(into: $0, at: range.lowerBound) }
         if got < 0 { throw LoaderError.readFailed(path: path, errno: Int32(-got)) }
         if got < range.count { throw LoaderError.truncated(path: path, needed: range.upperBound, actual: range.lowerBound + got) }
     }

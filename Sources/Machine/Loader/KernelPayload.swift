@@ -1,3 +1,4 @@
+import VMCore
 import CCompression
 
 /// The compressed kernel inside a bzImage (boot protocol 2.08+:

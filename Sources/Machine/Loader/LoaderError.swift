@@ -1,3 +1,4 @@
+import VMCore
 import Glibc
 
 /// Why a kernel or initrd cannot be booted. Each prints as one line saying

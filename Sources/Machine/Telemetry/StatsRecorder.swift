@@ -1,8 +1,9 @@
-import CKVM
 import Dispatch
 import Glibc
 import Histogram
 import KVM
+import Stats
+import VMCore
 import Synchronization
 
 /// Samples every vCPU's telemetry at a fixed interval and writes the
@@ -49,7 +50,7 @@ public final class StatsRecorder: Sendable {
         h.kvmVMStats = vmStats?.descriptors.map(StatInfo.init) ?? []
         h.kvmVCPUStats = telemetry.first?.kvmStats?.descriptors.map(StatInfo.init) ?? []
         header = h
-        startNs = ckvm_now_ns()
+        startNs = HostClock.nanoseconds()
         let samples = telemetry.map { $0.sample() }
         let vm = vmStats?.read() ?? []
         state = Mutex(State(baseline: samples, baselineVM: vm, previous: samples, previousVM: vm, previousNs: startNs))
@@ -79,7 +80,7 @@ public final class StatsRecorder: Sendable {
     private func takeInterval(partial: Bool) -> [StatsRecord] {
         let samples = telemetry.map { $0.sample() }
         let vm = vmStats?.read() ?? []
-        let now = ckvm_now_ns()
+        let now = HostClock.nanoseconds()
         return state.withLock { s in
             s.seq += 1
             var records: [StatsRecord] = []
@@ -166,7 +167,7 @@ public final class StatsRecorder: Sendable {
     func finalRecords() -> [StatsRecord] {
         let samples = telemetry.map { $0.sample() }
         let vm = vmStats?.read() ?? []
-        let now = ckvm_now_ns() - startNs
+        let now = HostClock.nanoseconds() - startNs
         return state.withLock { s in
             var finals: [StatsRecord] = []
             var all = StatsRecord(kind: .final, vcpu: "all")
@@ -241,4 +242,10 @@ public final class StatsRecorder: Sendable {
 
     /// errno of the first failed write to the stats file, or 0.
     public var writeError: Int32 { state.withLock { $0.writeError } }
+}
+
+extension StatInfo {
+    init(_ d: KVMStats.Descriptor) {
+        self.init(name: d.name, kind: d.kind.rawValue, unit: d.unit.rawValue, exponent: Int(d.exponent), size: d.size)
+    }
 }

@@ -1,43 +1,8 @@
-import CKVM
 import Glibc
 import Histogram
 import KVM
-
-/// Why a vCPU came back to userspace, as KVM names the exit reasons.
-public enum ExitReason: Int, CaseIterable, Sendable {
-    case io, mmio, hlt, intr, shutdown, systemEvent, internalError, failEntry, unknown
-
-    /// The name used in every output (KVM_EXIT_* in lower case).
-    public var name: String {
-        switch self {
-        case .io: "io"
-        case .mmio: "mmio"
-        case .hlt: "hlt"
-        case .intr: "intr"
-        case .shutdown: "shutdown"
-        case .systemEvent: "system_event"
-        case .internalError: "internal_error"
-        case .failEntry: "fail_entry"
-        case .unknown: "unknown"
-        }
-    }
-
-    public init(_ exit: VCPUExit) {
-        self = switch exit {
-        case .io: .io
-        case .mmio: .mmio
-        case .halt: .hlt
-        case .interrupted: .intr
-        case .shutdown: .shutdown
-        case .systemEvent: .systemEvent
-        case .internalError: .internalError
-        case .failEntry: .failEntry
-        case .other: .unknown
-        }
-    }
-
-    public static func named(_ name: String) -> ExitReason? { allCases.first { $0.name == name } }
-}
+import Stats
+import VMCore
 
 /// Exit telemetry of one vCPU, recorded on that vCPU's thread.
 ///
@@ -110,10 +75,10 @@ public final class VCPUTelemetry: @unchecked Sendable {
     @inline(__always)
     public func willEnter() {
         guard timing else { return }
-        let now = ckvm_rdtsc()
+        let now = HostClock.tsc()
         if lastReturn != 0 {
             let spent = now &- lastReturn
-            ckvm_counter_add(block + Self.vmmSlot, spent)
+            Counter.add(block + Self.vmmSlot, spent)
             if histograms[lastReason] == nil {
                 histograms[lastReason] = Histogram(lowestDiscernibleValue: 1, highestTrackableValue: Self.highestLatency, numberOfSignificantValueDigits: .two)
             }
@@ -127,21 +92,21 @@ public final class VCPUTelemetry: @unchecked Sendable {
     @inline(__always)
     public func didExit(_ exit: VCPUExit) {
         if timing {
-            let now = ckvm_rdtsc()
-            ckvm_counter_add(block + Self.guestSlot, now &- entered)
+            let now = HostClock.tsc()
+            Counter.add(block + Self.guestSlot, now &- entered)
             lastReturn = now
         }
         let reason = ExitReason(exit)
         lastReason = reason.rawValue
-        ckvm_counter_add(block + Self.reasonBase + reason.rawValue, 1)
+        Counter.add(block + Self.reasonBase + reason.rawValue, 1)
         if case let .io(port, isWrite, _, _, _) = exit {
             let slot = Int(port) * 2 + (isWrite ? 1 : 0)
             let counter = block + Self.portBase + slot
             if counter.pointee == 0 {
                 let word = block + Self.bitmapBase + slot / 64
-                ckvm_counter_store(word, word.pointee | (1 << UInt64(slot % 64)))
+                Counter.store(word, word.pointee | (1 << UInt64(slot % 64)))
             }
-            ckvm_counter_add(counter, 1)
+            Counter.add(counter, 1)
         } else if case let .mmio(address, _, _) = exit {
             countMMIO(address)
         }
@@ -153,19 +118,19 @@ public final class VCPUTelemetry: @unchecked Sendable {
         for _ in 0..<Self.mmioSlots {
             let entry = block + Self.mmioBase + i * 2
             if entry.pointee == key {
-                ckvm_counter_add(entry + 1, 1)
+                Counter.add(entry + 1, 1)
                 return
             }
             if entry.pointee == 0 {
                 // Count first, then publish the address (release), so a
                 // reader that sees the address sees its count.
-                ckvm_counter_add(entry + 1, 1)
-                ckvm_counter_store(entry, key)
+                Counter.add(entry + 1, 1)
+                Counter.store(entry, key)
                 return
             }
             i = (i + 1) & (Self.mmioSlots - 1)
         }
-        ckvm_counter_add(block + Self.mmioOverflowSlot, 1)
+        Counter.add(block + Self.mmioOverflowSlot, 1)
     }
 
     // MARK: Reading (any thread)
@@ -173,21 +138,21 @@ public final class VCPUTelemetry: @unchecked Sendable {
     /// The counters now. Safe from any thread while the vCPU runs.
     public func sample() -> TelemetrySample {
         var s = TelemetrySample(vcpu: vcpu)
-        for r in ExitReason.allCases { s.exits[r.rawValue] = ckvm_counter_load(block + Self.reasonBase + r.rawValue) }
-        s.guestNanoseconds = TSCClock.shared.nanoseconds(ckvm_counter_load(block + Self.guestSlot))
-        s.vmmNanoseconds = TSCClock.shared.nanoseconds(ckvm_counter_load(block + Self.vmmSlot))
-        s.mmioOverflow = ckvm_counter_load(block + Self.mmioOverflowSlot)
+        for r in ExitReason.allCases { s.exits[r.rawValue] = Counter.load(block + Self.reasonBase + r.rawValue) }
+        s.guestNanoseconds = TSCClock.shared.nanoseconds(Counter.load(block + Self.guestSlot))
+        s.vmmNanoseconds = TSCClock.shared.nanoseconds(Counter.load(block + Self.vmmSlot))
+        s.mmioOverflow = Counter.load(block + Self.mmioOverflowSlot)
         for w in 0..<Self.bitmapWords {
-            var bits = ckvm_counter_load(block + Self.bitmapBase + w)
+            var bits = Counter.load(block + Self.bitmapBase + w)
             while bits != 0 {
                 let slot = w * 64 + bits.trailingZeroBitCount
                 bits &= bits - 1
-                s.ports[PortKey(port: UInt16(slot / 2), isWrite: slot % 2 == 1)] = ckvm_counter_load(block + Self.portBase + slot)
+                s.ports[PortKey(port: UInt16(slot / 2), isWrite: slot % 2 == 1)] = Counter.load(block + Self.portBase + slot)
             }
         }
         for i in 0..<Self.mmioSlots {
-            let key = ckvm_counter_load(block + Self.mmioBase + i * 2)
-            if key != 0 { s.mmio[key - 1] = ckvm_counter_load(block + Self.mmioBase + i * 2 + 1) }
+            let key = Counter.load(block + Self.mmioBase + i * 2)
+            if key != 0 { s.mmio[key - 1] = Counter.load(block + Self.mmioBase + i * 2 + 1) }
         }
         if let kvmStats { s.kvm = kvmStats.read() }
         return s
@@ -211,11 +176,11 @@ public final class TSCClock: Sendable {
     public let scale: Double
 
     init() {
-        let n0 = ckvm_now_ns(), t0 = ckvm_rdtsc()
+        let n0 = HostClock.nanoseconds(), t0 = HostClock.tsc()
         var n1 = n0, t1 = t0
         while n1 - n0 < 20_000_000 {
-            n1 = ckvm_now_ns()
-            t1 = ckvm_rdtsc()
+            n1 = HostClock.nanoseconds()
+            t1 = HostClock.tsc()
         }
         scale = t1 > t0 ? Double(n1 - n0) / Double(t1 - t0) : 1
     }
@@ -223,38 +188,18 @@ public final class TSCClock: Sendable {
     public func nanoseconds(_ ticks: UInt64) -> UInt64 { UInt64(Double(ticks) * scale) }
 }
 
-/// A port and a direction.
-public struct PortKey: Hashable, Sendable, Comparable {
-    public var port: UInt16
-    public var isWrite: Bool
-    public init(port: UInt16, isWrite: Bool) {
-        self.port = port
-        self.isWrite = isWrite
+extension ExitReason {
+    public init(_ exit: VCPUExit) {
+        self = switch exit {
+        case .io: .io
+        case .mmio: .mmio
+        case .halt: .hlt
+        case .interrupted: .intr
+        case .shutdown: .shutdown
+        case .systemEvent: .systemEvent
+        case .internalError: .internalError
+        case .failEntry: .failEntry
+        case .other: .unknown
+        }
     }
-    /// "0x3f8:out"
-    public var name: String { "0x\(String(port, radix: 16)):\(isWrite ? "out" : "in")" }
-    public init?(name: String) {
-        let parts = name.split(separator: ":")
-        guard parts.count == 2, parts[0].hasPrefix("0x"), let p = UInt16(parts[0].dropFirst(2), radix: 16),
-              parts[1] == "in" || parts[1] == "out" else { return nil }
-        self.init(port: p, isWrite: parts[1] == "out")
-    }
-    public static func < (a: PortKey, b: PortKey) -> Bool { (a.port, a.isWrite ? 1 : 0) < (b.port, b.isWrite ? 1 : 0) }
-}
-
-/// One vCPU's counters at one moment (totals since the vCPU was created).
-public struct TelemetrySample: Sendable {
-    public var vcpu: Int
-    public var exits = [UInt64](repeating: 0, count: ExitReason.allCases.count)
-    public var guestNanoseconds: UInt64 = 0
-    public var vmmNanoseconds: UInt64 = 0
-    public var ports: [PortKey: UInt64] = [:]
-    public var mmio: [UInt64: UInt64] = [:]
-    public var mmioOverflow: UInt64 = 0
-    /// KVM's statistics for the vCPU, in its descriptors' order.
-    public var kvm: [UInt64] = []
-
-    public init(vcpu: Int) { self.vcpu = vcpu }
-
-    public var totalExits: UInt64 { exits.reduce(0, +) }
 }

@@ -22,10 +22,9 @@ public final class PCIHostBridge: BusDevice {
     public init(functions: [any PCIFunction] = []) {
         self.functions = functions
         var c = [UInt8](repeating: 0, count: 256)
-        func put(_ v: UInt32, _ n: Int, at o: Int) { for i in 0..<n { c[o + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
-        put(UInt32(Self.vendor), 2, at: 0x00)
-        put(UInt32(Self.device), 2, at: 0x02)
-        put(0x06_0000, 3, at: 0x09)                  // class: bridge, host bridge, prog-if 0
+        c.putLittleEndian(UInt64(Self.vendor), count: 2, at: 0x00)
+        c.putLittleEndian(UInt64(Self.device), count: 2, at: 0x02)
+        c.putLittleEndian(0x06_0000, count: 3, at: 0x09)   // class: bridge, host bridge, prog-if 0
         c[0x0E] = 0x00                               // header type 0, single function
         config = c
     }
@@ -33,8 +32,7 @@ public final class PCIHostBridge: BusDevice {
     public func read(address a: UInt64, data: UnsafeMutableRawBufferPointer) {
         let port = UInt16(truncatingIfNeeded: a)
         if port == Self.addressPort && data.count == 4 {
-            let v = address.withLock { $0 }
-            for i in 0..<4 { data[i] = UInt8(truncatingIfNeeded: v >> (8 * i)) }
+            LittleEndian.fill(data, with: UInt64(address.withLock { $0 }))
             return
         }
         guard port >= Self.dataPort else {
@@ -70,8 +68,7 @@ public final class PCIHostBridge: BusDevice {
             return   // the host bridge's own registers are read-only here
         }
         guard port == Self.addressPort, data.count == 4 else { return }
-        var v: UInt32 = 0
-        for i in 0..<4 { v |= UInt32(data[i]) << (8 * i) }
+        let v = UInt32(truncatingIfNeeded: LittleEndian.value(data))
         address.withLock { $0 = v }
     }
 }

@@ -28,9 +28,7 @@ public struct Bus: Sendable {
     }
 
     /// Every device's range and name, for attributing exits.
-    public func deviceRanges(bus: String) -> [DeviceRange] {
-        entries.map { DeviceRange(bus: bus, first: $0.range.lowerBound, last: $0.range.upperBound, name: $0.name) }
-    }
+    public var ranges: [(range: ClosedRange<UInt64>, name: String)] { entries.map { ($0.range, $0.name) } }
 
     public func device(at address: UInt64) -> (any BusDevice)? {
         var lo = 0, hi = entries.count - 1
@@ -53,4 +51,11 @@ public struct Bus: Sendable {
         if isWrite { d.write(address: address, data: UnsafeRawBufferPointer(data)) } else { d.read(address: address, data: data) }
         return true
     }
+}
+
+/// A function on the PCI root bus, reached through configuration mechanism #1.
+public protocol PCIFunction: AnyObject, Sendable {
+    /// Reads `data.count` (1, 2 or 4) bytes of configuration space at `offset`.
+    func readConfig(_ offset: Int, _ data: UnsafeMutableRawBufferPointer)
+    func writeConfig(_ offset: Int, _ data: UnsafeRawBufferPointer)
 }

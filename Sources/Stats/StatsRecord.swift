@@ -1,4 +1,3 @@
-import KVM
 
 /// The records of a stats file: schema `svmm-stats`, version 1. Documented
 /// in docs/telemetry.md; a change to the shape bumps `version`.
@@ -35,6 +34,13 @@ public struct StatInfo: Sendable, Equatable {
     public var unit: String
     public var exponent: Int
     public var size: Int
+    public init(name: String, kind: String, unit: String, exponent: Int, size: Int) {
+        self.name = name
+        self.kind = kind
+        self.unit = unit
+        self.exponent = exponent
+        self.size = size
+    }
     var key: String { "\(name);\(kind);\(unit);\(exponent);\(size)" }
 }
 
@@ -124,9 +130,6 @@ extension StatsHeader {
 }
 
 extension StatInfo {
-    init(_ d: KVMStats.Descriptor) {
-        self.init(name: d.name, kind: d.kind.rawValue, unit: d.unit.rawValue, exponent: Int(d.exponent), size: d.size)
-    }
     var json: JSON {
         .object([("name", .string(name)), ("kind", .string(kind)), ("unit", .string(unit)),
                  ("exponent", .integer(Int64(exponent))), ("size", .integer(Int64(size)))])
@@ -162,7 +165,7 @@ extension StatsRecord {
     }
 }
 
-func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+public func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
 
 func csvField(_ s: String) -> String {
     s.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" }) ? "\"" + s.escaping(["\"": "\"\""]) + "\"" : s
@@ -171,7 +174,7 @@ func csvField(_ s: String) -> String {
 extension String {
     /// Each character found in `table` replaced by its entry (the escaping
     /// of CSV fields, Prometheus label values and XML text).
-    func escaping(_ table: [Character: String]) -> String {
+    public func escaping(_ table: [Character: String]) -> String {
         var out = ""
         for c in self { if let r = table[c] { out += r } else { out.append(c) } }
         return out

@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import VMCore
 
 /// virtio-console (virtio 1.2 §5.3) with one port and no MULTIPORT: the
 /// guest's hvc0. Queue 0 (receiveq) carries host input to the guest, queue 1
@@ -46,9 +47,11 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
         if index == Self.transmitQueue {
             while let chain = try queue.pop() {
                 for buffer in chain.readable {
-                    guard let src = try? queue.memory.buffer(at: buffer.address, count: Int(buffer.length)) else { continue }
-                    output(UnsafeRawBufferPointer(src))
-                    bytesOut.add(UInt64(src.count), ordering: .relaxed)
+                    let n = try? queue.memory.withBytes(at: buffer.address, count: Int(buffer.length)) { src in
+                        output(UnsafeRawBufferPointer(src))
+                        return src.count
+                    }
+                    bytesOut.add(UInt64(n ?? 0), ordering: .relaxed)
                 }
                 queue.push(head: chain.head, written: 0)
                 context.interruptIfNeeded(queue, index: index)
@@ -77,10 +80,8 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
         while !pending.isEmpty, let chain = try queue.pop() {
             var written = 0
             for buffer in chain.writable where written < pending.count {
-                guard let dst = try? queue.memory.buffer(at: buffer.address, count: Int(buffer.length)) else { continue }
-                let n = min(dst.count, pending.count - written)
-                dst.copyBytes(from: pending[written..<(written + n)])
-                written += n
+                let n = min(Int(buffer.length), pending.count - written)
+                if (try? queue.memory.write(pending[written..<(written + n)], at: buffer.address)) != nil { written += n }
             }
             pending.removeFirst(written)
             queue.push(head: chain.head, written: UInt32(written))

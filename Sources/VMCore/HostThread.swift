@@ -1,12 +1,12 @@
 import Glibc
-import KVM
+import SystemPackage
 
 /// Starts a host thread running `body` (Foundation-free; every long-lived
 /// thread in svmm comes from here). Returns the thread for joining, or throws
 /// naming `purpose` when the system refuses.
 @discardableResult
 public func startHostThread(_ purpose: String, detached: Bool = false,
-                            _ body: @escaping @Sendable () -> Void) throws(KVMError) -> pthread_t {
+                            _ body: @escaping @Sendable () -> Void) throws(HostError) -> pthread_t {
     final class Box: @unchecked Sendable {
         // SAFETY (@unchecked Sendable): immutable after init; the closure is Sendable.
         let body: @Sendable () -> Void
@@ -28,7 +28,7 @@ public func startHostThread(_ purpose: String, detached: Bool = false,
     }, box.toOpaque())
     if r != 0 {
         box.release()
-        throw KVMError("pthread_create for \(purpose)", errno: r)
+        throw HostError("pthread_create for \(purpose)", Errno(rawValue: r))
     }
     if detached { pthread_detach(t) }
     return t

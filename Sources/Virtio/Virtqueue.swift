@@ -1,4 +1,5 @@
-import CKVM
+import Synchronization
+import VMCore
 
 /// Why a descriptor chain was refused. The device stops using the queue and
 /// asks the driver for a reset (`DEVICE_NEEDS_RESET`); svmm never trusts a
@@ -99,7 +100,7 @@ public final class Virtqueue: @unchecked Sendable {
     /// The driver's available index (acquire: entries it covers are read after it).
     func availableIndex() -> UInt16 {
         let idx = (try? memory.load(UInt16.self, at: availableRing + 2)) ?? nextAvailable
-        ckvm_fence_acquire()
+        atomicMemoryFence(ordering: .acquiring)
         return idx
     }
 
@@ -162,7 +163,7 @@ public final class Virtqueue: @unchecked Sendable {
         try? memory.store(UInt32(head), at: element)
         try? memory.store(written, at: element + 4)
         nextUsed &+= 1
-        ckvm_fence_release()
+        atomicMemoryFence(ordering: .releasing)
         try? memory.store(nextUsed, at: usedRing + 2)
     }
 
@@ -170,7 +171,7 @@ public final class Virtqueue: @unchecked Sendable {
     /// last one (§2.7.10): its used_event index with EVENT_IDX, else the
     /// available ring's NO_INTERRUPT flag. Call after `push`.
     public func needsInterrupt() -> Bool {
-        ckvm_fence_full()   // the used index store before reading the driver's wishes
+        atomicMemoryFence(ordering: .sequentiallyConsistent)   // the used index store before reading the driver's wishes
         if eventIndex {
             let old = signalledUsed, new = nextUsed
             guard let usedEvent = try? memory.load(UInt16.self, at: availableRing + 4 + 2 * UInt64(size)) else { return true }
@@ -191,7 +192,7 @@ public final class Virtqueue: @unchecked Sendable {
         } else {
             try? memory.store(UInt16(0), at: usedRing)
         }
-        ckvm_fence_full()
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
         return availableIndex() != nextAvailable
     }
 

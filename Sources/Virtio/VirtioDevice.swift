@@ -1,4 +1,5 @@
 import Glibc
+import VMCore
 
 /// Feature bits every svmm virtio device offers (virtio 1.2 §6).
 public enum VirtioFeature {

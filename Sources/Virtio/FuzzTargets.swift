@@ -1,3 +1,5 @@
+import VMCore
+
 /// The libFuzzer targets, one per guest-facing parser: arbitrary bytes become
 /// guest RAM (descriptor tables, rings, buffers) and guest register accesses.
 /// Shared by `svmm-fuzz` (Scripts/fuzz) and the unit test that replays each

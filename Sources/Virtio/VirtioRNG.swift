@@ -1,5 +1,4 @@
-import CKVM
-import Glibc
+import VMCore
 
 /// virtio-rng (virtio 1.2 §5.4): one request queue whose device-writable
 /// buffers svmm fills from getrandom(2).
@@ -21,24 +20,12 @@ public final class VirtioRNG: VirtioDevice {
         while let chain = try queue.pop() {
             var written: UInt32 = 0
             for buffer in chain.writable {
-                guard let dst = try? queue.memory.buffer(at: buffer.address, count: Int(buffer.length)) else { break }
-                let n = Self.fill(dst)
+                let n = (try? queue.memory.withBytes(at: buffer.address, count: Int(buffer.length)) { hostRandomBytes($0) }) ?? 0
                 written += UInt32(n)
-                if n < dst.count { break }
+                if n < Int(buffer.length) { break }
             }
             queue.push(head: chain.head, written: written)
             context.interruptIfNeeded(queue, index: index)
         }
-    }
-
-    /// Fills `dst` from getrandom(2); the bytes filled.
-    static func fill(_ dst: UnsafeMutableRawBufferPointer) -> Int {
-        var done = 0
-        while done < dst.count {
-            let n = ckvm_getrandom(dst.baseAddress! + done, UInt(dst.count - done))
-            if n < 0 { if errno == EINTR { continue }; break }
-            done += n
-        }
-        return done
     }
 }

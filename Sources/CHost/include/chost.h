@@ -1,0 +1,46 @@
+// The host calls Swift's Glibc module does not reach: eventfd(2) and
+// getrandom(2) live in headers it does not import, and the time-stamp counter
+// and atomic views of raw memory have no Swift spelling. No logic lives here.
+#ifndef CHOST_H
+#define CHOST_H
+
+#include <errno.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <time.h>
+
+// A non-blocking, close-on-exec eventfd; -errno on failure.
+static inline int chost_eventfd(void) {
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return fd < 0 ? -errno : fd;
+}
+
+// getrandom(2) from the kernel's pool; bytes filled, or -errno.
+static inline long chost_getrandom(void *buf, unsigned long len) {
+    long n = getrandom(buf, len, 0);
+    return n < 0 ? -errno : n;
+}
+
+// Exit telemetry counters: each is written by one vCPU thread only and read
+// by the stats sampler at any time. Relaxed atomic loads and stores (no lock
+// prefix: there is a single writer) keep both sides free of tearing and of
+// data races without a lock on the exit path. Swift's Synchronization has no
+// atomic view of raw memory, hence these three lines of C.
+static inline void chost_counter_add(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, __atomic_load_n(p, __ATOMIC_RELAXED) + v, __ATOMIC_RELAXED);
+}
+static inline void chost_counter_store(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint64_t chost_counter_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+// The time-stamp counter: the exit path's clock. clock_gettime can be a
+// system call plus a device read (an HPET in the nested sandbox), which would
+// cost more than the exits being measured.
+static inline uint64_t chost_rdtsc(void) { return __builtin_ia32_rdtsc(); }
+// CLOCK_MONOTONIC in nanoseconds.
+static inline uint64_t chost_now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+#endif

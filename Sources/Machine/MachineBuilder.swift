@@ -1,0 +1,129 @@
+import Glibc
+import KVM
+import VMCore
+import Virtio
+
+extension VirtualMachine: MemorySlotTable {
+    public func setMemoryRegion(slot: UInt32, guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer) throws {
+        try setMemoryRegion(slot: slot, guestAddress: guestAddress, size: size, host: host, readOnly: false)
+    }
+}
+
+/// MSI-X through KVM: one GSI and one irqfd per vector, so a device thread
+/// raises an interrupt with one eventfd write and no exit.
+final class KVMMSIX: MSIXDelivery {
+    let router: GSIRouter
+    let gsis: [UInt32]
+    let events: [EventFD]
+
+    init(vm: VirtualMachine, router: GSIRouter, vectors: Int) throws {
+        self.router = router
+        var gsis: [UInt32] = [], events: [EventFD] = []
+        for _ in 0..<vectors {
+            let gsi = router.allocate(), event = try EventFD()
+            try vm.attachIRQFD(eventFD: event.fd, gsi: gsi)
+            gsis.append(gsi)
+            events.append(event)
+        }
+        self.gsis = gsis
+        self.events = events
+    }
+
+    func program(vector: Int, address: UInt64, data: UInt32) {
+        guard vector < gsis.count else { return }
+        do { try router.setMSI(gsis[vector], .init(address: address, data: data)) } catch {
+            Messages.line("svmm: virtio: \(error)")
+        }
+    }
+
+    func fire(vector: Int) {
+        guard vector < events.count else { return }
+        events[vector].signal()
+    }
+}
+
+/// The one way a machine is put together, for the Linux board and the
+/// firmware board alike: the VM and its interrupt controllers, guest RAM
+/// registered as memory slots, devices on the port and MMIO buses, virtio
+/// functions on PCI, then the vCPUs; `build()` hands over a `RunningMachine`
+/// that has not started.
+final class MachineBuilder {
+    let hypervisor: Hypervisor
+    let vm: VirtualMachine
+    let memory: GuestMemory
+    let outcome = RunOutcome()
+    let irqchip: Bool
+    var pio = Bus()
+    var mmio = Bus()
+    private var virtio: [VirtioPCIDevice] = []
+    private var vcpus: [VCPU] = []
+    private lazy var router = GSIRouter(vm: vm)
+
+    /// Opens KVM and makes the VM: with `irqchip`, the in-kernel PIC, I/O
+    /// APIC and local APICs (and the PIT with `pit`); RAM of `ram` regions.
+    init(kvmPath: String, ram: [(guestAddress: UInt64, size: UInt64)], irqchip: Bool, pit: Bool) throws {
+        hypervisor = try Hypervisor(path: kvmPath)
+        vm = try hypervisor.createVM()
+        self.irqchip = irqchip
+        // Intel's real-mode TSS pages: needed before the first vCPU runs on VMX; a no-op elsewhere.
+        try? vm.setTSSAddress(Layout.kvmTSS)
+        if irqchip { try vm.createIRQChip() }
+        if pit { try vm.createPIT() }
+        memory = try GuestMemory(layout: ram)
+        try memory.register(with: vm)
+    }
+
+    /// A closure devices call to end the run.
+    var finish: @Sendable (MachineExit) -> Void { { [outcome] in outcome.finish($0) } }
+
+    func ports(_ first: UInt16, _ last: UInt16) -> ClosedRange<UInt64> { UInt64(first)...UInt64(last) }
+
+    /// A virtio device on PCI: MSI-X through GSI routes and irqfds, queue
+    /// notifications through ioeventfds (an exit to svmm where KVM refuses).
+    func addVirtio(_ device: any VirtioDevice, name: String) throws {
+        let bar = Layout.pciBARStart + UInt64(virtio.count) * VirtioPCIDevice.barSize
+        let function = try VirtioPCIDevice(device: device, barAddress: bar, memory: memory) { [vm, router] vectors in
+            try KVMMSIX(vm: vm, router: router, vectors: vectors)
+        }
+        mmio.register(function, bar...(bar + VirtioPCIDevice.barSize - 1), name: name)
+        for (event, address) in zip(function.notifyEvents, function.notifyAddresses) {
+            do { try vm.attachIOEventFD(eventFD: event.fd, mmio: address, length: 2) } catch {
+                Messages.line("svmm: \(error): \(name) notifications will exit to svmm")
+            }
+        }
+        virtio.append(function)
+    }
+
+    /// The PCI host bridge with the virtio functions added so far.
+    func addPCIHostBridge() {
+        pio.register(PCIHostBridge(functions: virtio), ports(PCIHostBridge.addressPort, PCIHostBridge.dataPort + 3), name: "pci-config")
+    }
+
+    /// A vCPU with the CPUID it will see and FPU/local APIC reset state;
+    /// `setUp` sets its entry registers.
+    func addVCPU(cpuid: [CPUIDEntry]?, setUp: (VCPU) throws -> Void) throws {
+        let vcpu = try vm.createVCPU(id: vcpus.count)
+        if let cpuid { try vcpu.setCPUID(cpuid) }
+        if irqchip { try Self.resetFPUAndLAPIC(vcpu) }
+        try setUp(vcpu)
+        vcpus.append(vcpu)
+    }
+
+    static func resetFPUAndLAPIC(_ vcpu: VCPU) throws {
+        try vcpu.resetFPU()
+        // LINT0 = ExtINT (the 8259 through the local APIC), LINT1 = NMI, as a
+        // PC BIOS leaves them (Intel SDM Vol. 3A §10.5.1).
+        try vcpu.modifyLAPIC { regs in
+            regs.putLittleEndian(0x700, count: 4, at: 0x350)
+            regs.putLittleEndian(0x400, count: 4, at: 0x360)
+        }
+    }
+
+    /// The machine, ready to start; `haltEndsRun` where nothing can wake a halted vCPU.
+    func build(telemetry: [VCPUTelemetry], haltEndsRun: Bool) throws -> RunningMachine {
+        try RunningMachine(vm: vm, memory: memory, vcpus: vcpus, pio: pio, mmio: mmio, telemetry: telemetry,
+                           virtio: virtio, haltEndsRun: haltEndsRun, outcome: outcome)
+    }
+
+    var builtVCPUs: [VCPU] { vcpus }
+}

@@ -1,0 +1,174 @@
+import Glibc
+import SystemPackage
+
+/// An access outside guest RAM, or one whose arithmetic would overflow.
+public struct GuestMemoryError: Error, CustomStringConvertible, Sendable, Equatable {
+    public let address: UInt64
+    public let length: UInt64
+    public init(address: UInt64, length: UInt64) {
+        self.address = address
+        self.length = length
+    }
+    public var description: String {
+        "guest-physical access 0x\(String(address, radix: 16))+\(length) is outside guest RAM"
+    }
+}
+
+/// Where a VM's memory slots come from: the board hands each region's
+/// mapping to KVM (`KVM_SET_USER_MEMORY_REGION`) through this.
+public protocol MemorySlotTable {
+    func setMemoryRegion(slot: UInt32, guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer) throws
+}
+
+/// Guest RAM: host memory mapped into the VM as one or more regions.
+///
+/// This is the trust boundary between the guest and svmm. Every guest-physical
+/// access goes through `withBytes(at:count:_:)`, which validates address and
+/// length against the region map without integer overflow and lends the host
+/// view only for the length of the call: no pointer into guest RAM outlives
+/// the call that made it. Nothing above this type does pointer arithmetic on
+/// guest addresses.
+public final class GuestMemory: @unchecked Sendable {
+    // SAFETY (@unchecked Sendable): the mappings are created in init and
+    // unmapped in deinit only; their bounds never change. Concurrent access to
+    // guest bytes is the same race the guest itself has with devices, and is
+    // resolved by the device protocols (virtio ordering), not by this type.
+    public struct Region: Sendable {
+        public let guestAddress: UInt64
+        public let size: UInt64
+        /// The mapping's address as an integer: only `GuestMemory` turns it
+        /// back into a pointer.
+        let host: UInt
+        public var end: UInt64 { guestAddress + size }
+    }
+
+    public let regions: [Region]
+
+    /// Allocates anonymous, zero-filled memory for each (address, size) pair.
+    /// Regions must be page-aligned and must not overlap.
+    ///
+    /// Each mapping starts on a 2 MiB boundary and asks for transparent huge
+    /// pages (as QEMU does for its RAM): KVM maps guest memory with 2 MiB
+    /// nested/EPT pages only where the host address and the guest address
+    /// agree modulo 2 MiB and the host page is huge. A 4 KiB-aligned mapping
+    /// costs the guest one nested page fault per 4 KiB it touches (measured
+    /// in docs/benchmarks.md).
+    public init(layout: [(guestAddress: UInt64, size: UInt64)]) throws(HostError) {
+        var made: [Region] = []
+        for (address, size) in layout {
+            precondition(address % 4096 == 0 && size % 4096 == 0 && size > 0, "regions are page aligned")
+            guard let p = Self.mapAligned(Int(size)) else {
+                let e = Errno(rawValue: errno)
+                for r in made { munmap(UnsafeMutableRawPointer(bitPattern: r.host), Int(r.size)) }
+                throw HostError("mmap of \(size >> 20) MiB guest RAM", e)
+            }
+            made.append(Region(guestAddress: address, size: size, host: UInt(bitPattern: p)))
+        }
+        regions = made.sorted { $0.guestAddress < $1.guestAddress }
+    }
+
+    static let hugePage = 2 << 20
+
+    /// An anonymous mapping of `size` bytes starting on a 2 MiB boundary:
+    /// maps 2 MiB more than asked, then unmaps the unaligned head and the tail.
+    static func mapAligned(_ size: Int) -> UnsafeMutableRawPointer? {
+        let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
+        guard let raw = mmap(nil, size + hugePage, PROT_READ | PROT_WRITE, flags, -1, 0), raw != MAP_FAILED else { return nil }
+        let start = Int(bitPattern: raw), aligned = (start + hugePage - 1) & ~(hugePage - 1)
+        let head = aligned - start, tail = hugePage - head
+        if head > 0 { munmap(raw, head) }
+        if tail > 0 { munmap(UnsafeMutableRawPointer(bitPattern: aligned + size), tail) }
+        let p = UnsafeMutableRawPointer(bitPattern: aligned)!
+        // Advice only: where THP is off or unsupported, 4 KiB pages serve.
+        _ = madvise(p, size, MADV_HUGEPAGE)
+        return p
+    }
+
+    /// RAM from guest-physical 0 of the given size.
+    public convenience init(size: UInt64) throws(HostError) {
+        try self.init(layout: [(0, size)])
+    }
+
+    deinit {
+        for r in regions { munmap(UnsafeMutableRawPointer(bitPattern: r.host), Int(r.size)) }
+    }
+
+    public var totalSize: UInt64 { regions.reduce(0) { $0 + $1.size } }
+
+    /// Hands every region to the VM as a memory slot.
+    ///
+    /// SAFETY: the one place a pointer into guest RAM leaves this type for
+    /// longer than a call: KVM keeps each mapping for the VM's life. The
+    /// mapping lives until this object's deinit, and the board holds this
+    /// object for as long as it holds the VM (and its vCPUs), which it
+    /// closes first.
+    public func register(with table: some MemorySlotTable) throws {
+        for (slot, r) in regions.enumerated() {
+            try table.setMemoryRegion(slot: UInt32(slot), guestAddress: r.guestAddress, size: r.size,
+                                      host: UnsafeMutableRawPointer(bitPattern: r.host)!)
+        }
+    }
+
+    /// Calls `body` with the host view of `count` bytes at guest-physical
+    /// `address`, if they lie wholly inside one region. The view is valid
+    /// only during the call (a body that can fail returns a `Result`).
+    public func withBytes<R>(at address: UInt64, count: Int,
+                             _ body: (UnsafeMutableRawBufferPointer) -> R) throws(GuestMemoryError) -> R {
+        body(try checked(address, count))
+    }
+
+    /// The checked host view; private so that it cannot escape a call.
+    private func checked(_ address: UInt64, _ count: Int) throws(GuestMemoryError) -> UnsafeMutableRawBufferPointer {
+        let length = UInt64(max(count, 0))
+        for r in regions where address >= r.guestAddress && address < r.end {
+            let offset = address - r.guestAddress
+            // Overflow-safe: offset < size, so size - offset cannot underflow.
+            guard count >= 0, length <= r.size - offset else { break }
+            // SAFETY: [offset, offset+length) was just checked to lie in the
+            // mapping, which lives as long as self; callers get it only inside
+            // withBytes and the accessors below.
+            return UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: r.host + UInt(offset)), count: count)
+        }
+        throw GuestMemoryError(address: address, length: length)
+    }
+
+    /// Gives the pages of a page-aligned range back to the host; they read
+    /// as zero afterwards, as untouched RAM does.
+    public func discard(_ range: Range<UInt64>) throws(GuestMemoryError) {
+        precondition(range.lowerBound % 4096 == 0 && range.upperBound % 4096 == 0)
+        try withBytes(at: range.lowerBound, count: Int(range.upperBound - range.lowerBound)) { b in
+            if madvise(b.baseAddress, b.count, MADV_DONTNEED) != 0 { b.initializeMemory(as: UInt8.self, repeating: 0) }
+        }
+    }
+
+    public func contains(_ address: UInt64, count: Int) -> Bool {
+        (try? checked(address, count)) != nil
+    }
+
+    public func read(at address: UInt64, count: Int) throws(GuestMemoryError) -> [UInt8] {
+        try withBytes(at: address, count: count) { Array($0) }
+    }
+
+    public func write<C: Collection>(_ bytes: C, at address: UInt64) throws(GuestMemoryError) where C.Element == UInt8 {
+        try withBytes(at: address, count: bytes.count) { $0.copyBytes(from: bytes) }
+    }
+
+    public func fill(_ value: UInt8, at address: UInt64, count: Int) throws(GuestMemoryError) {
+        try withBytes(at: address, count: count) { $0.initializeMemory(as: UInt8.self, repeating: value) }
+    }
+
+    /// Copies `count` bytes inside guest RAM (the ranges may overlap).
+    public func copy(from source: UInt64, to destination: UInt64, count: Int) throws(GuestMemoryError) {
+        let src = try checked(source, count), dst = try checked(destination, count)
+        if count > 0 { memmove(dst.baseAddress!, src.baseAddress!, count) }
+    }
+
+    /// Little-endian integer load (x86 byte order), no alignment required.
+    public func load<T: FixedWidthInteger>(_: T.Type = T.self, at address: UInt64) throws(GuestMemoryError) -> T {
+        try withBytes(at: address, count: MemoryLayout<T>.size) { LittleEndian.load(T.self, from: UnsafeRawBufferPointer($0)) }
+    }
+
+    public func store<T: FixedWidthInteger>(_ value: T, at address: UInt64) throws(GuestMemoryError) {
+        try withBytes(at: address, count: MemoryLayout<T>.size) { LittleEndian.store(value, into: $0) }
+    }
+}

@@ -1,0 +1,49 @@
+import Glibc
+import SystemPackage
+
+/// A failed host system call, naming what svmm was doing and the errno.
+public struct HostError: Error, CustomStringConvertible, Sendable {
+    public let operation: String
+    public let errno: Errno
+    public init(_ operation: String, _ errno: Errno) {
+        self.operation = operation
+        self.errno = errno
+    }
+    public var description: String { "\(operation) failed: \(errno) (errno \(errno.rawValue))" }
+}
+
+/// Writes to the host's file descriptors that svmm does not own (its stdout).
+public enum HostIO {
+    /// Writes all of `bytes` to `fd` (swift-system's `writeAll`: resumes
+    /// after EINTR and short writes), waiting in poll(2) while a non-blocking
+    /// descriptor (one a parent process left O_NONBLOCK) is full, so output
+    /// is neither dropped nor spun on. Returns false when `fd` fails
+    /// otherwise (a closed pipe: EPIPE), with what was not written dropped.
+    @discardableResult
+    public static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        let descriptor = FileDescriptor(rawValue: fd)
+        var rest = bytes
+        while !rest.isEmpty {
+            do {
+                let n = try descriptor.write(rest, retryOnInterrupt: true)
+                rest = UnsafeRawBufferPointer(rebasing: rest[n...])
+            } catch Errno.wouldBlock {
+                var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                if poll(&p, 1, -1) < 0 && errno != EINTR { return false }
+            } catch {
+                return false
+            }
+        }
+        return true
+    }
+}
+
+/// svmm's own messages, one line at a time, all through here: stderr,
+/// written whole so lines from different threads never interleave.
+public enum Messages {
+    public static func line(_ text: String) {
+        var line = text
+        line.append("\n")
+        line.withUTF8 { _ = HostIO.writeAll(2, UnsafeRawBufferPointer($0)) }
+    }
+}
