@@ -76,7 +76,16 @@ public struct FirmwareRunner: Sendable {
         self.irqchip = irqchip
     }
 
-    public func run(image: [UInt8], argument: UInt64 = 0, kvmPath: String = "/dev/kvm", observer: (any Observer)? = nil) throws -> Result {
+    /// A firmware machine, built and not started (`run` starts it; tests
+    /// drive it through pause and resume).
+    struct Built {
+        let machine: RunningMachine
+        let program: ProgramPorts
+        let telemetry: VCPUTelemetry
+        let vmStats: KVMStats?
+    }
+
+    func build(image: [UInt8], argument: UInt64 = 0, kvmPath: String = "/dev/kvm") throws -> Built {
         let b = try MachineBuilder(kvmPath: kvmPath, ram: [(0, memorySize)], irqchip: irqchip, pit: false)
         guard UInt64(image.count) <= memorySize - Self.loadAddress else {
             throw GuestMemoryError(address: Self.loadAddress, length: UInt64(image.count))
@@ -101,7 +110,13 @@ public struct FirmwareRunner: Sendable {
         let vcpu = b.builtVCPUs[0]
         let telemetry = VCPUTelemetry(vcpu: 0, timing: self.telemetry, kvmStats: self.telemetry ? try? vcpu.stats() : nil)
         let machine = try b.build(telemetry: [telemetry], haltEndsRun: true)
-        observer?.started(telemetry: [telemetry], vmStats: self.telemetry ? try? b.vm.stats() : nil, devices: Self.devices)
+        return Built(machine: machine, program: program, telemetry: telemetry, vmStats: self.telemetry ? try? b.vm.stats() : nil)
+    }
+
+    public func run(image: [UInt8], argument: UInt64 = 0, kvmPath: String = "/dev/kvm", observer: (any Observer)? = nil) throws -> Result {
+        let built = try build(image: image, argument: argument, kvmPath: kvmPath)
+        let (machine, program, telemetry) = (built.machine, built.program, built.telemetry)
+        observer?.started(telemetry: [telemetry], vmStats: built.vmStats, devices: Self.devices)
 
         let start = HostClock.nanoseconds()
         let exit = try machine.run(timeout: timeoutSeconds)

@@ -169,7 +169,7 @@ public final class RunningMachine: Sendable {
     }
 
     /// Whether `pause()` holds the machine now.
-    public var isPaused: Bool { controls.allSatisfy { $0.now == .paused } }
+    public var isPaused: Bool { controls.allSatisfy { $0.wanted == .paused } }
 
     /// Asks a vCPU to leave the guest: immediate_exit for one about to enter,
     /// the kick signal for one inside (the Firecracker/kvmtool protocol), and
