@@ -147,6 +147,17 @@ final class Conversation: Sendable {
         return false
     }
 
+    /// Waits until stderr contains `text` (true) or `seconds` pass or the program ends (false).
+    func waitForError(_ text: String, seconds: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if stderr.contains(text) { return true }
+            if !process.isRunning { return stderr.contains(text) }
+            usleep(100_000)
+        }
+        return false
+    }
+
     /// Writes to the program's stdin; a program that has already exited is
     /// left to `finish()` to report.
     func type(_ text: String) { try? stdin.write(contentsOf: Data(text.utf8)) }
