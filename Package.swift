@@ -26,13 +26,13 @@ let package = Package(
             providers: [.apt(["zlib1g-dev", "liblzma-dev", "liblz4-dev", "libzstd-dev", "libbz2-dev"])]
         ),
         // Swift API over /dev/kvm: VM, vCPU, exits, registers, routing, statistics.
-        .target(name: "KVM", dependencies: ["CKVM"]),
+        .target(name: "KVM", dependencies: ["CKVM", .product(name: "SystemPackage", package: "swift-system")]),
         // What every device stands on, KVM-free: guest memory, the buses (port,
         // MMIO, PCI configuration), event fds, host I/O, the console output sink.
         .target(name: "VMCore", dependencies: ["CHost", .product(name: "SystemPackage", package: "swift-system")]),
         // virtio 1.2: virtqueues, the PCI transport, devices, their fuzz targets.
         // Interrupts leave through MSIXDelivery, which the board implements.
-        .target(name: "Virtio", dependencies: ["VMCore"]),
+        .target(name: "Virtio", dependencies: ["VMCore", .product(name: "SystemPackage", package: "swift-system")]),
         // Recorded exit statistics: the file formats, reading them back, summaries, plots.
         .target(name: "Stats"),
         // The x86 board: builder, running machine and exit dispatch, loaders,
@@ -40,6 +40,7 @@ let package = Package(
         .target(
             name: "Machine",
             dependencies: ["KVM", "VMCore", "Virtio", "Stats", "CCompression",
+                           .product(name: "SystemPackage", package: "swift-system"),
                            .product(name: "Histogram", package: "hdrhistogram-swift")]
         ),
         .executableTarget(
@@ -47,6 +48,7 @@ let package = Package(
             dependencies: [
                 "Machine", "VMCore", "Stats",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
         // libFuzzer target over the virtio data path (Scripts/fuzz builds it

@@ -1,3 +1,4 @@
+import SystemPackage
 import CKVM
 import Glibc
 
@@ -131,11 +132,11 @@ public final class KVMStats: Sendable {
 
     static func readFully<T>(_ fd: Int32, into buffer: inout [T], at offset: Int) -> Bool {
         buffer.withUnsafeMutableBytes { b in
+            let file = FileDescriptor(rawValue: fd)
             var done = 0
             while done < b.count {
-                let n = pread(fd, b.baseAddress! + done, b.count - done, off_t(offset + done))
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 { return false }
+                guard let n = try? file.read(fromAbsoluteOffset: Int64(offset + done), into: UnsafeMutableRawBufferPointer(rebasing: b[done...])),
+                      n > 0 else { return false }
                 done += n
             }
             return true

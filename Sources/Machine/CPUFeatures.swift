@@ -96,9 +96,9 @@ public enum CPUFeatureError: Error, CustomStringConvertible, Equatable, Sendable
     public var description: String {
         switch self {
         case .unknown(let n):
-            return "unknown CPU feature '\(n)' in --cpu-features: use /proc/cpuinfo names such as cx16, avx2, x2apic (svmm boot --help lists them)"
+            return "unknown CPU feature '\(n)'"
         case .unsupported(let n):
-            return "--cpu-features +\(n): this host's KVM does not support \(n), so the guest cannot be given it"
+            return "this host's KVM does not support \(n), so the guest cannot be given it"
         }
     }
 }

@@ -1,3 +1,4 @@
+import SystemPackage
 import Glibc
 import Synchronization
 import VMCore
@@ -64,9 +65,15 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
     public func inputReady(queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError) {
         guard let input else { return }
         var buffer = [UInt8](repeating: 0, count: 4096 - pending.count)
-        let n = buffer.withUnsafeMutableBytes { Glibc.read(input, $0.baseAddress, $0.count) }
-        if n <= 0 {
-            if n == 0 || (errno != EINTR && errno != EAGAIN) { inputOpen.store(false, ordering: .relaxed) }
+        let n: Int
+        do { n = try buffer.withUnsafeMutableBytes { try FileDescriptor(rawValue: input).read(into: $0) } } catch Errno.wouldBlock {
+            return
+        } catch {
+            inputOpen.store(false, ordering: .relaxed)
+            return
+        }
+        if n == 0 {
+            inputOpen.store(false, ordering: .relaxed)   // end of input
             return
         }
         pending += buffer[0..<n]

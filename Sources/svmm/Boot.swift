@@ -81,7 +81,7 @@ struct Boot: ParsableCommand {
         guard bytes >= 32 << 20 else { throw ValidationError("--memory must be at least 32M") }
         if let timeout, Sizes.seconds(timeout) == nil { throw ValidationError("--timeout '\(timeout)' is not a duration (e.g. 30s, 2m, 500ms)") }
         if let cpuFeatures {
-            do { _ = try CPUFeatures.parse(cpuFeatures) } catch { throw ValidationError(error.description) }
+            do { _ = try CPUFeatures.parse(cpuFeatures) } catch { throw ValidationError(error.message) }
         }
     }
 
@@ -123,7 +123,9 @@ struct Boot: ParsableCommand {
         config.bootProtocol = bootProtocol
         config.console = console
         config.entropy = rng
-        do { config.cpuFeatures = try cpuFeatures.map { try CPUFeatures.parse($0) } ?? [] } catch { fail("\(error)", .usage) }
+        if let cpuFeatures {
+            do { config.cpuFeatures = try CPUFeatures.parse(cpuFeatures) } catch { fail(error.message, .usage) }
+        }
         let reportBootTime = bootTime
 
         do {
@@ -135,11 +137,11 @@ struct Boot: ParsableCommand {
                 if reportBootTime { Messages.line("svmm: boot marker reached after \(ns / 1_000_000) ms") }
             })
         } catch let e as LoaderError {
-            fail(e.description, .badInput)
+            fail(e.message, .badInput)
         } catch let e as KVMUnavailable {
             fail(e.description, .kvmUnavailable)
         } catch let e as CPUFeatureError {
-            fail(e.description, .usage)
+            fail(e.message, .usage)
         } catch {
             fail("\(error)", .failure)
         }

@@ -1,3 +1,4 @@
+import SystemPackage
 import Glibc
 import Machine
 import VMCore
@@ -65,8 +66,7 @@ final class ConsoleInput: Sendable {
             var escape = ConsoleEscape()
             var buffer = [UInt8](repeating: 0, count: 256)
             while true {
-                let n = buffer.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
-                if n < 0 && errno == EINTR { continue }
+                let n = (try? buffer.withUnsafeMutableBytes { try FileDescriptor.standardInput.read(into: $0) }) ?? 0
                 if n <= 0 { break }
                 let (forward, commands) = escape.feed(buffer[0..<n])
                 if pipeWrite >= 0 {

@@ -1,3 +1,4 @@
+import SystemPackage
 import VMCore
 import Glibc
 
@@ -81,15 +82,17 @@ public final class ImageSource: @unchecked Sendable {
 
     /// Fills `buffer` from file offset `offset`; the bytes read, or -errno.
     private func readFully(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) -> Int {
+        let file = FileDescriptor(rawValue: fd)
         var done = 0
         while done < buffer.count {
-            let n = pread(fd, buffer.baseAddress! + done, min(buffer.count - done, 1 << 30), off_t(offset + done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                return -Int(errno)
+            let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<min(buffer.count, done + (1 << 30))])
+            do {
+                let n = try file.read(fromAbsoluteOffset: Int64(offset + done), into: chunk)
+                if n == 0 { break }
+                done += n
+            } catch {
+                return -Int((error as? Errno)?.rawValue ?? EIO)
             }
-            if n == 0 { break }
-            done += n
         }
         return done
     }

@@ -1,8 +1,9 @@
 import VMCore
 import Glibc
 
-/// Why a kernel or initrd cannot be booted. Each prints as one line saying
-/// what is wrong and what to do.
+/// Why a kernel or initrd cannot be booted, as data. `description` says what
+/// is wrong (and what to do where that needs no command-line flag); the
+/// command line adds the hints that name its flags.
 public enum LoaderError: Error, CustomStringConvertible, Equatable, Sendable {
     case notAKernel(path: String)
     case truncated(path: String, needed: Int, actual: Int)
@@ -18,7 +19,7 @@ public enum LoaderError: Error, CustomStringConvertible, Equatable, Sendable {
     public var description: String {
         switch self {
         case .notAKernel(let p):
-            return "\(p) is not a Linux kernel (no bzImage 'HdrS' header and not an ELF vmlinux): pass a bzImage or vmlinux with --kernel"
+            return "\(p) is not a Linux kernel (no bzImage 'HdrS' header and not an ELF vmlinux)"
         case let .truncated(p, needed, actual):
             return "\(p) is truncated: the header promises \(needed) bytes, the file has \(actual): re-copy or rebuild the kernel"
         case let .protocolTooOld(p, v):
@@ -26,13 +27,13 @@ public enum LoaderError: Error, CustomStringConvertible, Equatable, Sendable {
         case .no64BitEntry(let p):
             return "\(p) has no 64-bit entry point (XLF_KERNEL_64 unset): build an x86_64 kernel"
         case let .commandLineTooLong(length, limit):
-            return "the kernel command line is \(length) bytes, this kernel accepts at most \(limit): shorten --cmdline"
+            return "the kernel command line is \(length) bytes, this kernel accepts at most \(limit)"
         case let .initrdTooLarge(p, size, room):
-            return "\(p) (\(size >> 20) MiB) does not fit in the \(room >> 20) MiB of RAM the kernel can address for an initrd: raise --memory or shrink the initrd"
+            return "\(p) (\(size >> 20) MiB) does not fit in the \(room >> 20) MiB of RAM the kernel can address for an initrd"
         case let .memoryTooSmall(needed, available):
-            return "guest RAM of \(available >> 20) MiB is too small for the kernel and initrd (\(needed >> 20) MiB needed): raise --memory"
+            return "guest RAM of \(available >> 20) MiB is too small for the kernel and initrd (\(needed >> 20) MiB needed)"
         case let .noPVHPath(p, reason):
-            return "\(p) cannot be booted through PVH: \(reason); use --boot-protocol linux or auto"
+            return "\(p) cannot be booted through PVH: \(reason)"
         case let .readFailed(p, e):
             return "cannot read \(p): \(String(cString: strerror(e))): check the file and the disk it is on"
         case .noPVHNote(let p):

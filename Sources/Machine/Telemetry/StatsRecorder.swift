@@ -1,3 +1,4 @@
+import SystemPackage
 import Dispatch
 import Glibc
 import Histogram
@@ -226,16 +227,9 @@ public final class StatsRecorder: Sendable {
         guard let output else { return }
         var text = text
         text.withUTF8 { buffer in
-            var done = 0
-            while done < buffer.count {
-                let n = Glibc.write(output, buffer.baseAddress! + done, buffer.count - done)
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 {
-                    let e = errno
-                    state.withLock { if $0.writeError == 0 { $0.writeError = e } }
-                    return
-                }
-                done += n
+            do { _ = try FileDescriptor(rawValue: output).writeAll(UnsafeRawBufferPointer(buffer)) } catch {
+                let e = (error as? Errno)?.rawValue ?? EIO
+                state.withLock { if $0.writeError == 0 { $0.writeError = e } }
             }
         }
     }
