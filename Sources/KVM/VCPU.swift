@@ -96,6 +96,8 @@ public final class VCPU: @unchecked Sendable {
         let result = ckvm_run(fd)
         if result == -EINTR || result == -EAGAIN { return .interrupted }
         try KVMError.check("KVM_RUN(vCPU \(id))", result)
+        // SAFETY: the exit's data lies in the run mapping (checked against its
+        // size below); the buffers returned are valid until the next KVM_RUN.
         let base = UnsafeMutableRawPointer(runPage)
         switch Int32(runPage.pointee.exit_reason) {
         case KVM_EXIT_IO:

@@ -14,6 +14,10 @@ public final class VirtualMachine: Sendable {
     deinit { close(fd) }
 
     /// Maps `size` bytes of host memory at `host` to guest-physical `guestAddress` in `slot`.
+    ///
+    /// SAFETY: KVM keeps `host` and reads and writes through it while the VM
+    /// runs: the caller keeps the mapping alive for as long as this VM (see
+    /// GuestMemory.register, the only caller).
     public func setMemoryRegion(slot: UInt32, guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer, readOnly: Bool = false) throws(KVMError) {
         var region = kvm_userspace_memory_region(
             slot: slot,

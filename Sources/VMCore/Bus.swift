@@ -1,5 +1,6 @@
 /// A device on an I/O bus (port I/O or MMIO). Called on vCPU threads; devices
-/// synchronize their own state.
+/// synchronize their own state. `data` points into the vCPU's run page and
+/// is valid only during the call.
 public protocol BusDevice: AnyObject, Sendable {
     /// Fill `data` (1, 2, 4 or 8 bytes) with the value read at `address`
     /// (a port number on the port-I/O bus).

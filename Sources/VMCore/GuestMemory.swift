@@ -78,6 +78,8 @@ public final class GuestMemory: @unchecked Sendable {
         let head = aligned - start, tail = hugePage - head
         if head > 0 { munmap(raw, head) }
         if tail > 0 { munmap(UnsafeMutableRawPointer(bitPattern: aligned + size), tail) }
+        // SAFETY: [aligned, aligned + size) lies inside the mapping just made
+        // (2 MiB larger than size), and only the parts outside it were unmapped.
         let p = UnsafeMutableRawPointer(bitPattern: aligned)!
         // Advice only: where THP is off or unsupported, 4 KiB pages serve.
         _ = madvise(p, size, MADV_HUGEPAGE)

@@ -12,6 +12,8 @@ public func startHostThread(_ purpose: String, detached: Bool = false,
         let body: @Sendable () -> Void
         init(_ body: @escaping @Sendable () -> Void) { self.body = body }
     }
+    // SAFETY: the box is retained once here and released exactly once: by
+    // the new thread (takeRetainedValue), or below if the thread never starts.
     let box = Unmanaged.passRetained(Box(body))
     var t = pthread_t()
     // 1 MiB stacks, not glibc's 8 MiB: svmm's threads run shallow loops, and

@@ -23,8 +23,10 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
     private let inputOpen = Atomic<Bool>(true)
     private let bytesOut = Atomic<UInt64>(0)
 
-    /// `output` receives the guest's bytes; `input` (a file descriptor such
-    /// as stdin) is read when the guest has receive buffers.
+    /// `output` receives the guest's bytes: a view of guest RAM valid only
+    /// during the call (copy what is kept; svmm appends it to its
+    /// ConsoleOutput). `input` (a file descriptor such as stdin, or a pipe)
+    /// is read when the guest has receive buffers.
     public init(input: Int32?, output: @escaping @Sendable (UnsafeRawBufferPointer) -> Void) {
         self.input = input
         self.output = output

@@ -77,6 +77,7 @@ extension VirtioPCIDevice {
     public func writeConfig(_ offset: Int, _ data: UnsafeRawBufferPointer) {
         typealias P = PCICapabilities
         if offset == P.pciCfg + 16 {
+            // SAFETY: a write access only reads `data`; the mutable type is the shared signature's.
             return pciCfgAccess(write: true, UnsafeMutableRawBufferPointer(mutating: data))
         }
         let value = UInt32(truncatingIfNeeded: LittleEndian.value(data))

@@ -11,6 +11,7 @@ var target: FuzzTarget { FuzzTarget.allCases[chosenTarget.load(ordering: .relaxe
 /// One input through the chosen target (libFuzzer's callback).
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
+    // SAFETY: libFuzzer passes `size` readable bytes at `data`, valid for this call.
     target.run(UnsafeRawBufferPointer(start: data, count: data == nil ? 0 : size))
     return 0
 }
@@ -48,6 +49,7 @@ struct FuzzMain {
         var cArgs = ([CommandLine.arguments[0]] + args).map { strdup($0) } + [nil]
         var argc = Int32(cArgs.count - 1)
         cArgs.withUnsafeMutableBufferPointer { buffer in
+            // SAFETY: argv points into cArgs, alive for this call; the strdup'd strings are never freed.
             var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = buffer.baseAddress
             exit(runFuzzerDriver(&argc, &argv, fuzzOneInput))
         }

@@ -61,6 +61,9 @@ public enum KernelPayload {
     public static func decompress(_ payload: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) throws(Failure) -> Compression {
         let (kind, size) = try uncompressedSize(payload)
         guard out.count == size else { throw .corrupt(kind) }
+        // SAFETY: typed views of the caller's two buffers, for this call only;
+        // every decoder below is bounded by src.count and dst.count (the C
+        // libraries take both lengths and never write past the output's).
         let src = UnsafeBufferPointer(start: payload.baseAddress!.assumingMemoryBound(to: UInt8.self),
                                       count: kind == .gzip ? payload.count : payload.count - 4)
         let dst = UnsafeMutableBufferPointer(start: out.baseAddress!.assumingMemoryBound(to: UInt8.self), count: out.count)
@@ -96,6 +99,7 @@ public enum KernelPayload {
         // inflateInit2 is a macro; 16 + MAX_WBITS selects the gzip wrapper.
         guard inflateInit2_(&s, 16 + 15, zlibVersion(), Int32(MemoryLayout<z_stream>.size)) == Z_OK else { return nil }
         defer { inflateEnd(&s) }
+        // SAFETY: zlib only reads through next_in (its type is not const).
         s.next_in = UnsafeMutablePointer(mutating: src.baseAddress)
         s.avail_in = UInt32(src.count)
         s.next_out = dst.baseAddress
@@ -118,6 +122,7 @@ public enum KernelPayload {
 
     static func bunzip2(_ src: Source, _ dst: Destination) -> Int? {
         var length = UInt32(dst.count)
+        // SAFETY: libbz2 writes at most `length` bytes to dst and only reads src (its type is not const).
         let r = BZ2_bzBuffToBuffDecompress(UnsafeMutableRawPointer(dst.baseAddress!).assumingMemoryBound(to: CChar.self), &length,
                                            UnsafeMutableRawPointer(mutating: src.baseAddress!).assumingMemoryBound(to: CChar.self),
                                            UInt32(src.count), 0, 0)
@@ -133,6 +138,7 @@ public enum KernelPayload {
             if size == 0x184C_2102 { p += 4; continue }          // another frame's magic
             p += 4
             guard size > 0, p + size <= src.count, produced < dst.count else { return nil }
+            // SAFETY: [p, p+size) was just checked to lie in src; LZ4 writes at most dst.count - produced bytes.
             let n = LZ4_decompress_safe(UnsafeRawPointer(src.baseAddress! + p).assumingMemoryBound(to: CChar.self),
                                         UnsafeMutableRawPointer(dst.baseAddress! + produced).assumingMemoryBound(to: CChar.self),
                                         Int32(size), Int32(dst.count - produced))

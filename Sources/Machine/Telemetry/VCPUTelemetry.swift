@@ -63,6 +63,8 @@ public final class VCPUTelemetry: @unchecked Sendable {
         // Zeroed and backed lazily: untouched port slots cost no memory.
         let p = mmap(nil, Self.blockBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
         precondition(p != MAP_FAILED, "cannot map the telemetry block")
+        // SAFETY: a fresh anonymous mapping of blockSlots UInt64s, bound once
+        // and unmapped only in deinit; no other view of it exists.
         block = p!.bindMemory(to: UInt64.self, capacity: Self.blockSlots)
         histograms = Array(repeating: nil, count: ExitReason.allCases.count)
     }
