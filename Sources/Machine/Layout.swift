@@ -38,6 +38,9 @@ public enum Layout {
     public static let bootMarker: UInt64 = 0xD000_0000
     /// The three pages KVM_SET_TSS_ADDR asks for (Intel's real-mode TSS), just below the BIOS area at 4 GiB - 256 KiB, as QEMU places them.
     public static let kvmTSS: UInt64 = 0xFFFB_D000
+    /// The last address of the root bridge's memory window (the DSDT's
+    /// PNP0A03 forwards [pciHoleStart, pciWindowEnd]), just below the I/O APIC.
+    public static let pciWindowEnd: UInt64 = 0xFEBF_FFFF
     public static let ioAPIC: UInt64 = 0xFEC0_0000
     public static let localAPIC: UInt64 = 0xFEE0_0000
 

@@ -137,22 +137,16 @@ final class Conversation: Sendable {
     var stderr: String { String(decoding: errors.get(), as: UTF8.self) }
 
     /// Waits until stdout contains `text` (true) or `seconds` pass or the program ends (false).
-    func waitFor(_ text: String, seconds: Double) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if stdout.contains(text) { return true }
-            if !process.isRunning { return stdout.contains(text) }
-            usleep(100_000)
-        }
-        return false
-    }
+    func waitFor(_ text: String, seconds: Double) -> Bool { waitUntil(seconds) { $0.stdout.contains(text) } }
 
-    /// Waits until stderr contains `text` (true) or `seconds` pass or the program ends (false).
-    func waitForError(_ text: String, seconds: Double) -> Bool {
+    /// The same for stderr (svmm's own messages).
+    func waitForError(_ text: String, seconds: Double) -> Bool { waitUntil(seconds) { $0.stderr.contains(text) } }
+
+    private func waitUntil(_ seconds: Double, _ seen: (Conversation) -> Bool) -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while Date() < deadline {
-            if stderr.contains(text) { return true }
-            if !process.isRunning { return stderr.contains(text) }
+            if seen(self) { return true }
+            if !process.isRunning { return seen(self) }
             usleep(100_000)
         }
         return false

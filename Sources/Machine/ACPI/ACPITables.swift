@@ -123,7 +123,7 @@ public struct ACPITables: Sendable {
                 AML.ioPorts(PCIHostBridge.addressPort, count: 8),
                 AML.dwordWindow(io: true, 0x0000, 0x0CF7),
                 AML.dwordWindow(io: true, 0x0D00, 0xFFFF),
-                AML.dwordWindow(io: false, UInt32(Layout.pciHoleStart), 0xFEBF_FFFF),
+                AML.dwordWindow(io: false, UInt32(Layout.pciHoleStart), UInt32(Layout.pciWindowEnd)),
             ])))
         // Name (_S5, Package (4) { 5, 0, 0, 0 }): the soft-off sleep type (§7.4.2).
         let s5 = AML.name("_S5", AML.package([AML.integer(UInt64(Self.s5SleepType)), AML.integer(0), AML.integer(0), AML.integer(0)]))
@@ -136,6 +136,4 @@ public struct ACPITables: Sendable {
 }
 
 /// Little-endian bytes of `value`, `count` bytes wide.
-func le(_ value: UInt64, _ count: Int) -> [UInt8] {
-    (0..<count).map { UInt8(truncatingIfNeeded: value >> (8 * $0)) }
-}
+func le(_ value: UInt64, _ count: Int) -> [UInt8] { LittleEndian.bytes(value, count: count) }

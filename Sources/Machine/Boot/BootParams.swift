@@ -20,9 +20,9 @@ public struct BootParams: Sendable {
         put16(0xFE00, at: Self.heapEndPtr)
     }
 
-    mutating func put16(_ v: UInt16, at o: Int) { for i in 0..<2 { bytes[o + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
-    mutating func put32(_ v: UInt32, at o: Int) { for i in 0..<4 { bytes[o + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
-    mutating func put64(_ v: UInt64, at o: Int) { for i in 0..<8 { bytes[o + i] = UInt8(truncatingIfNeeded: v >> (8 * i)) } }
+    mutating func put16(_ v: UInt16, at o: Int) { bytes.putLittleEndian(UInt64(v), count: 2, at: o) }
+    mutating func put32(_ v: UInt32, at o: Int) { bytes.putLittleEndian(UInt64(v), count: 4, at: o) }
+    mutating func put64(_ v: UInt64, at o: Int) { bytes.putLittleEndian(v, count: 8, at: o) }
 
     public mutating func setCommandLine(address: UInt64) {
         put32(UInt32(truncatingIfNeeded: address), at: Self.cmdLinePtr)

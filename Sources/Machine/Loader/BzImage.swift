@@ -29,9 +29,9 @@ public struct BzImage: Sendable {
             throw .notAKernel(path: path)
         }
         func u8(_ o: Int) -> UInt8 { image[o] }
-        func u16(_ o: Int) -> UInt16 { UInt16(image[o]) | UInt16(image[o + 1]) << 8 }
-        func u32(_ o: Int) -> UInt32 { UInt32(u16(o)) | UInt32(u16(o + 2)) << 16 }
-        func u64(_ o: Int) -> UInt64 { UInt64(u32(o)) | UInt64(u32(o + 4)) << 32 }
+        func u16(_ o: Int) -> UInt16 { LittleEndian.load(UInt16.self, from: image, at: o) }
+        func u32(_ o: Int) -> UInt32 { LittleEndian.load(UInt32.self, from: image, at: o) }
+        func u64(_ o: Int) -> UInt64 { LittleEndian.load(UInt64.self, from: image, at: o) }
 
         protocolVersion = u16(0x206)
         guard protocolVersion >= 0x206 else { throw .protocolTooOld(path: path, version: protocolVersion) }
@@ -50,7 +50,7 @@ public struct BzImage: Sendable {
         initrdAddressMax = u32(0x22C)
         commandLineSize = protocolVersion >= 0x206 ? u32(0x238) : 255
         relocatable = u8(0x234) != 0
-        preferredAddress = protocolVersion >= 0x20A ? u64(0x258) : 0x100000
+        preferredAddress = protocolVersion >= 0x20A ? u64(0x258) : Layout.kernelLoad
         initSize = protocolVersion >= 0x20A ? u32(0x260) : 0
         payloadOffset = u32(0x248)
         payloadLength = u32(0x24C)

@@ -83,7 +83,7 @@ public struct ELFKernel: Sendable {
     /// The highest guest-physical byte the kernel occupies.
     public var end: UInt64 { segments.map { $0.physicalAddress + $0.memorySize }.max() ?? 0 }
 
-    static func u16(_ b: [UInt8], _ o: Int) -> UInt16 { UInt16(b[o]) | UInt16(b[o + 1]) << 8 }
-    static func u32(_ b: [UInt8], _ o: Int) -> UInt32 { UInt32(u16(b, o)) | UInt32(u16(b, o + 2)) << 16 }
-    static func u64(_ b: [UInt8], _ o: Int) -> UInt64 { UInt64(u32(b, o)) | UInt64(u32(b, o + 4)) << 32 }
+    static func u16(_ b: [UInt8], _ o: Int) -> UInt16 { LittleEndian.load(UInt16.self, from: b, at: o) }
+    static func u32(_ b: [UInt8], _ o: Int) -> UInt32 { LittleEndian.load(UInt32.self, from: b, at: o) }
+    static func u64(_ b: [UInt8], _ o: Int) -> UInt64 { LittleEndian.load(UInt64.self, from: b, at: o) }
 }

@@ -50,7 +50,7 @@ public enum KernelPayload {
     public static func uncompressedSize(_ payload: UnsafeRawBufferPointer) throws(Failure) -> (Compression, Int) {
         guard payload.count > 8 else { throw .noPayload }
         guard let kind = detect(payload) else { throw .unknownCompression }
-        let tail = payload.suffix(4).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        let tail = Int(LittleEndian.value(payload.suffix(4)))
         guard tail > 0, tail <= 1 << 30 else { throw .corrupt(kind) }
         return (kind, tail)
     }
