@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import VMCore
 import Virtio
 
 /// The target this process fuzzes (its index in `FuzzTarget.allCases`),
@@ -38,8 +39,7 @@ struct FuzzMain {
         }
         guard let i = args.firstIndex(of: "--target"), i + 1 < args.count, let t = FuzzTarget(rawValue: args[i + 1]) else {
             let names = FuzzTarget.allCases.map(\.rawValue).joined(separator: ", ")
-            let usage = "svmm-fuzz: usage: svmm-fuzz --target NAME [libFuzzer arguments]; NAME is one of \(names)\n"
-            _ = usage.withCString { write(2, $0, strlen($0)) }
+            Messages.line("svmm-fuzz: usage: svmm-fuzz --target NAME [libFuzzer arguments]; NAME is one of \(names)")
             exit(64)
         }
         chosenTarget.store(FuzzTarget.allCases.firstIndex(of: t)!, ordering: .relaxed)
@@ -55,7 +55,7 @@ struct FuzzMain {
         }
         #else
         for path in args {
-            guard let f = fopen(path, "rb") else { perror(path); exit(66) }
+            guard let f = fopen(path, "rb") else { Messages.line("svmm-fuzz: \(path): \(String(cString: strerror(errno)))"); exit(66) }
             var bytes: [UInt8] = []
             var chunk = [UInt8](repeating: 0, count: 65536)
             while case let n = fread(&chunk, 1, chunk.count, f), n > 0 { bytes += chunk[0..<n] }
