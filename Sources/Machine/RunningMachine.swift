@@ -36,6 +36,9 @@ public enum VCPUFailure: Sendable, Equatable {
 public final class RunOutcome: Sendable {
     private let outcome = Mutex<MachineExit?>(nil)
     private let finished = DispatchSemaphore(value: 0)
+    /// Set with the outcome: what each vCPU loop reads before entering the
+    /// guest again, so no vCPU runs on (and adds exits) once the run has ended.
+    private let ended = Atomic<Bool>(false)
 
     public init() {}
 
@@ -45,8 +48,11 @@ public final class RunOutcome: Sendable {
             o = exit
             return true
         }
+        ended.store(true, ordering: .releasing)
         if first { finished.signal() }
     }
+
+    var hasEnded: Bool { ended.load(ordering: .acquiring) }
 
     /// Waits for an outcome; `.timeout` if none comes within `seconds`.
     func wait(seconds: Double?) -> MachineExit {
@@ -223,7 +229,7 @@ public final class RunningMachine: Sendable {
     func runLoop(_ vcpu: VCPU, _ control: VCPUControl) {
         defer { control.current.store(VCPUControl.State.stopped.rawValue, ordering: .releasing) }
         let telemetry = telemetry[vcpu.id]
-        while true {
+        while !outcome.hasEnded {
             switch control.wanted {
             case .running: break
             case .paused: park(vcpu, control); continue
