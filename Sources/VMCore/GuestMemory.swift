@@ -38,7 +38,7 @@ public final class GuestMemory: @unchecked Sendable {
         public let size: UInt64
         /// The mapping's address as an integer: only `GuestMemory` turns it
         /// back into a pointer.
-        let host: UInt
+        @usableFromInline let host: UInt
         public var end: UInt64 { guestAddress + size }
     }
 
@@ -114,13 +114,17 @@ public final class GuestMemory: @unchecked Sendable {
     /// Calls `body` with the host view of `count` bytes at guest-physical
     /// `address`, if they lie wholly inside one region. The view is valid
     /// only during the call (a body that can fail returns a `Result`).
+    @inlinable
     public func withBytes<R>(at address: UInt64, count: Int,
                              _ body: (UnsafeMutableRawBufferPointer) -> R) throws(GuestMemoryError) -> R {
         body(try checked(address, count))
     }
 
-    /// The checked host view; private so that it cannot escape a call.
-    private func checked(_ address: UInt64, _ count: Int) throws(GuestMemoryError) -> UnsafeMutableRawBufferPointer {
+    /// The checked host view; not public, so that it cannot escape a call.
+    /// (Inlinable, as are the accessors: the virtio target's hot path calls
+    /// them across modules, and unspecialized generics cost 5x there.)
+    @usableFromInline
+    func checked(_ address: UInt64, _ count: Int) throws(GuestMemoryError) -> UnsafeMutableRawBufferPointer {
         let length = UInt64(max(count, 0))
         for r in regions where address >= r.guestAddress && address < r.end {
             let offset = address - r.guestAddress
@@ -143,18 +147,22 @@ public final class GuestMemory: @unchecked Sendable {
         }
     }
 
+    @inlinable
     public func contains(_ address: UInt64, count: Int) -> Bool {
         (try? checked(address, count)) != nil
     }
 
+    @inlinable
     public func read(at address: UInt64, count: Int) throws(GuestMemoryError) -> [UInt8] {
         try withBytes(at: address, count: count) { Array($0) }
     }
 
+    @inlinable
     public func write<C: Collection>(_ bytes: C, at address: UInt64) throws(GuestMemoryError) where C.Element == UInt8 {
         try withBytes(at: address, count: bytes.count) { $0.copyBytes(from: bytes) }
     }
 
+    @inlinable
     public func fill(_ value: UInt8, at address: UInt64, count: Int) throws(GuestMemoryError) {
         try withBytes(at: address, count: count) { $0.initializeMemory(as: UInt8.self, repeating: value) }
     }
@@ -166,10 +174,12 @@ public final class GuestMemory: @unchecked Sendable {
     }
 
     /// Little-endian integer load (x86 byte order), no alignment required.
+    @inlinable
     public func load<T: FixedWidthInteger>(_: T.Type = T.self, at address: UInt64) throws(GuestMemoryError) -> T {
         try withBytes(at: address, count: MemoryLayout<T>.size) { LittleEndian.load(T.self, from: UnsafeRawBufferPointer($0)) }
     }
 
+    @inlinable
     public func store<T: FixedWidthInteger>(_ value: T, at address: UInt64) throws(GuestMemoryError) {
         try withBytes(at: address, count: MemoryLayout<T>.size) { LittleEndian.store(value, into: $0) }
     }
