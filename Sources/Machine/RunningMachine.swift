@@ -155,13 +155,14 @@ public final class RunningMachine: Sendable {
 
     /// Returns once every vCPU is out of `KVM_RUN` and parked, and every
     /// device has stopped processing its queues and injecting interrupts.
+    /// Before `start()`, the vCPUs park before their first entry.
     public func pause() {
         for (vcpu, control) in zip(vcpus, controls) where control.wanted == .running {
             control.requested.store(VCPUControl.State.paused.rawValue, ordering: .releasing)
             kick(vcpu, control)
         }
         // Each thread answers once it is out of KVM_RUN (or has stopped).
-        while controls.contains(where: { $0.now == .running }) { usleep(100) }
+        while started.load(ordering: .acquiring), controls.contains(where: { $0.now == .running }) { usleep(100) }
         for device in virtio { device.pause() }
     }
 

@@ -47,6 +47,18 @@ struct PauseTests {
         #expect(Date().timeIntervalSince(start) < 30, "stop while paused took until the timeout")
     }
 
+    @Test func aMachinePausedBeforeItStartsWaitsForResume() throws {
+        let machine = try FirmwareRunner(timeoutSeconds: 60).build(image: Self.countingLoop).machine
+        machine.pause()
+        try machine.start()
+        usleep(200_000)
+        #expect(count(machine) == 0, "the guest ran while paused")
+        machine.resume()
+        #expect(countPasses(machine, 0))
+        machine.stop(.powerOff)
+        #expect(machine.wait(timeout: 30) == .powerOff)
+    }
+
     @Test func pauseTwiceAndResumeTwiceAreHarmless() throws {
         let machine = try FirmwareRunner(timeoutSeconds: 60).build(image: Self.countingLoop).machine
         try machine.start()
