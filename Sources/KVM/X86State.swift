@@ -137,6 +137,12 @@ extension VCPU {
         try KVMError.check("KVM_SET_SREGS", ckvm_set_sregs(fd, &k))
     }
 
+    /// `KVM_GET_TSC_KHZ`: the guest's TSC rate, which is the host's where KVM
+    /// does not scale it (svmm never asks it to).
+    public func tscKHz() throws(KVMError) -> UInt32 {
+        UInt32(try KVMError.check("KVM_GET_TSC_KHZ", ckvm_get_tsc_khz(fd)))
+    }
+
     /// `KVM_SET_FPU` with the x87 control word and MXCSR a reset leaves
     /// (0x37F, 0x1F80), everything else zero.
     public func resetFPU() throws(KVMError) {

@@ -67,10 +67,12 @@ final class MachineBuilder {
         self.irqchip = irqchip
         // Intel's real-mode TSS pages: needed before the first vCPU runs on VMX; a no-op elsewhere.
         try? vm.setTSSAddress(Layout.kvmTSS)
-        if irqchip { try vm.createIRQChip() }
-        if pit { try vm.createPIT() }
+        // Memory slots first: each KVM_SET_USER_MEMORY_REGION after the
+        // irqchip exists waits in synchronize_srcu (4–8 ms apiece).
         memory = try GuestMemory(layout: ram)
         try memory.register(with: vm)
+        if irqchip { try vm.createIRQChip() }
+        if pit { try vm.createPIT() }
     }
 
     /// A closure devices call to end the run.
@@ -103,6 +105,7 @@ final class MachineBuilder {
     /// `setUp` sets its entry registers.
     func addVCPU(cpuid: [CPUIDEntry]?, setUp: (VCPU) throws -> Void) throws {
         let vcpu = try vm.createVCPU(id: vcpus.count)
+        if vcpus.isEmpty, let kHz = try? vcpu.tscKHz() { TSCClock.useKVMRate(kHz: kHz) }
         if let cpuid { try vcpu.setCPUID(cpuid) }
         if irqchip { try Self.resetFPUAndLAPIC(vcpu) }
         try setUp(vcpu)

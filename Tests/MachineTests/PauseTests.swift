@@ -75,3 +75,17 @@ struct PauseTests {
         #expect(machine.wait(timeout: 30) == .powerOff)
     }
 }
+
+/// The telemetry clock takes the TSC rate from KVM (no 20 ms calibration at
+/// start); it must agree with a calibration against CLOCK_MONOTONIC.
+@Suite(.enabled(if: kvmPresent, "needs a readable and writable /dev/kvm; without one these KVM tests cannot run here"))
+struct TSCRateTests {
+    @Test func kvmsTSCRateAgreesWithACalibration() throws {
+        let machine = try FirmwareRunner(timeoutSeconds: 10).build(image: [0xF4]).machine   // hlt
+        let kHz = try machine.vcpus[0].tscKHz()
+        let fromKVM = 1_000_000 / Double(kHz)
+        let measured = TSCClock.calibrate()
+        print("TSC: KVM says \(kHz) kHz (\(fromKVM) ns/tick), calibrated \(measured) ns/tick")
+        #expect(abs(fromKVM - measured) / measured < 0.01, "KVM's rate and the calibration differ by more than 1 %")
+    }
+}

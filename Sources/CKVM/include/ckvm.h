@@ -70,6 +70,8 @@ static inline int ckvm_signal_msi(int fd, uint32_t address_lo, uint32_t address_
 static inline uint32_t ckvm_ioeventfd_deassign_flag(void) { return KVM_IOEVENTFD_FLAG_DEASSIGN; }
 // vCPU ioctls.
 static inline int ckvm_run(int fd) { return CKVM_RESULT(ioctl(fd, KVM_RUN, 0)); }
+// KVM_GET_TSC_KHZ: the vCPU's TSC rate in kHz (the host's, without TSC scaling).
+static inline int ckvm_get_tsc_khz(int fd) { return CKVM_RESULT(ioctl(fd, KVM_GET_TSC_KHZ, 0)); }
 static inline int ckvm_get_regs(int fd, struct kvm_regs *r) { return CKVM_RESULT(ioctl(fd, KVM_GET_REGS, r)); }
 static inline int ckvm_set_regs(int fd, const struct kvm_regs *r) { return CKVM_RESULT(ioctl(fd, KVM_SET_REGS, r)); }
 static inline int ckvm_get_sregs(int fd, struct kvm_sregs *r) { return CKVM_RESULT(ioctl(fd, KVM_GET_SREGS, r)); }

@@ -2,6 +2,7 @@ import Glibc
 import Histogram
 import KVM
 import Stats
+import Synchronization
 import VMCore
 
 /// Exit telemetry of one vCPU, recorded on that vCPU's thread.
@@ -169,22 +170,45 @@ public final class VCPUTelemetry: @unchecked Sendable {
     }
 }
 
-/// Converts time-stamp counter ticks to nanoseconds with one ratio, measured
-/// once against CLOCK_MONOTONIC over 20 ms (so converted counters stay
-/// consistent: deltas of converted totals add up exactly).
+/// Converts time-stamp counter ticks to nanoseconds with one ratio (so
+/// converted counters stay consistent: deltas of converted totals add up
+/// exactly): the rate KVM reports (`KVM_GET_TSC_KHZ`, which the builder
+/// hands over with its first vCPU), or, where KVM gives none, one measured
+/// against CLOCK_MONOTONIC over 20 ms.
 public final class TSCClock: Sendable {
+    private static let kvmRate = Mutex<UInt32?>(nil)
+
+    /// The TSC rate KVM reported; used if given before the clock's first use.
+    static func useKVMRate(kHz: UInt32) {
+        guard kHz > 0 else { return }
+        kvmRate.withLock { if $0 == nil { $0 = kHz } }
+    }
+
     public static let shared = TSCClock()
     /// Nanoseconds per tick.
     public let scale: Double
+    /// Where the rate came from: "KVM_GET_TSC_KHZ" or "calibrated".
+    public let source: String
 
     init() {
+        if let kHz = Self.kvmRate.withLock({ $0 }) {
+            scale = 1_000_000 / Double(kHz)
+            source = "KVM_GET_TSC_KHZ"
+            return
+        }
+        source = "calibrated"
+        scale = Self.calibrate()
+    }
+
+    /// Nanoseconds per tick, measured against CLOCK_MONOTONIC over 20 ms.
+    static func calibrate() -> Double {
         let n0 = HostClock.nanoseconds(), t0 = HostClock.tsc()
         var n1 = n0, t1 = t0
         while n1 - n0 < 20_000_000 {
             n1 = HostClock.nanoseconds()
             t1 = HostClock.tsc()
         }
-        scale = t1 > t0 ? Double(n1 - n0) / Double(t1 - t0) : 1
+        return t1 > t0 ? Double(n1 - n0) / Double(t1 - t0) : 1
     }
 
     public func nanoseconds(_ ticks: UInt64) -> UInt64 { UInt64(Double(ticks) * scale) }
