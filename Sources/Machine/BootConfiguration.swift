@@ -44,6 +44,9 @@ public struct BootConfiguration: Sendable {
     public var console: ConsoleDevice = .serial
     /// A virtio-rng device on PCI (entropy from the host's getrandom).
     public var entropy = true
+    /// The in-kernel i8254 PIT. Off by default: Linux with kvm-clock and the
+    /// local APIC timer does not need it, and its teardown costs ~13 ms at exit.
+    public var pit = false
 
     public static let defaultCommandLine = "console=ttyS0 panic=-1"
     /// With `--console virtio`: early messages on ttyS0, then hvc0 once virtio_console loads.

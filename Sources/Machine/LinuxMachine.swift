@@ -29,7 +29,7 @@ public final class LinuxMachine: Sendable {
                 consoleInput: Int32? = nil,
                 onBootMarker: @escaping @Sendable (UInt64) -> Void = { _ in }) throws {
         self.config = config
-        let b = try MachineBuilder(kvmPath: kvmPath, ram: Layout.ramRegions(size: config.memoryBytes), irqchip: true, pit: true)
+        let b = try MachineBuilder(kvmPath: kvmPath, ram: Layout.ramRegions(size: config.memoryBytes), irqchip: true, pit: config.pit)
         let entry = try LinuxLoader.load(config, into: b.memory)
         self.entry = entry
 

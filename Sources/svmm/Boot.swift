@@ -56,6 +56,9 @@ struct Boot: ParsableCommand {
     @Flag(inversion: .prefixedNo, help: "A virtio-rng entropy device on PCI (fed by the host's getrandom).")
     var rng = true
 
+    @Flag(help: "An in-kernel i8254 PIT (ports 0x40-0x43, 0x61), for guests without kvm-clock or a local APIC timer; Linux needs none.")
+    var pit = false
+
     @Option(help: "Number of vCPUs.")
     var cpus: Int = 1
 
@@ -123,6 +126,7 @@ struct Boot: ParsableCommand {
         config.bootProtocol = bootProtocol
         config.console = console
         config.entropy = rng
+        config.pit = pit
         if let cpuFeatures {
             do { config.cpuFeatures = try CPUFeatures.parse(cpuFeatures) } catch { fail(error.message, .usage) }
         }
