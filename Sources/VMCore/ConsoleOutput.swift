@@ -82,10 +82,10 @@ public final class ConsoleOutput: Sendable {
         }
     }
 
-    /// Flushes, then ends the writer thread.
+    /// Flushes (without the writer's gathering pause), then ends the writer thread.
     public func close() {
-        flush()
         stopping.store(true, ordering: .releasing)
+        flush()
         wake.signal()
         if let t = thread.withLock({ $0 }) { pthread_join(t, nil) }
     }
@@ -111,10 +111,10 @@ public final class ConsoleOutput: Sendable {
                 done.add(UInt64(n), ordering: .releasing)
                 continue
             }
-            if stopping.load(ordering: .acquiring) { return }
+            if stopping.load(ordering: .acquiring), done.load(ordering: .acquiring) == appended.load(ordering: .acquiring) { return }
             _ = poll(&p, 1, -1)
             wake.drain()
-            usleep(Self.gatherMicroseconds)
+            if !stopping.load(ordering: .acquiring) { usleep(Self.gatherMicroseconds) }
         }
     }
 }
