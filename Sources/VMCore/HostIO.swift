@@ -1,3 +1,4 @@
+import CHost
 import Glibc
 import SystemPackage
 
@@ -47,3 +48,11 @@ public enum Messages {
         line.withUTF8 { _ = HostIO.writeAll(2, UnsafeRawBufferPointer($0)) }
     }
 }
+
+/// Lets the process exit without waiting for the kernel to tear its VM down:
+/// a helper that shares the address space and file table outlives the
+/// process by a moment and drops the last references (CHost). Call once,
+/// after the guest's output is flushed and the files are written; false when
+/// the system refused (the exit then waits as usual).
+@discardableResult
+public func detachTeardown() -> Bool { chost_detach_teardown() == 0 }

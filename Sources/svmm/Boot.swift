@@ -203,6 +203,8 @@ struct Boot: ParsableCommand {
         do { outcome = try result.get() } catch { fail("\(error)", .failure) }
         session?.finish()
         if exitStats { Messages.line("svmm: " + StatsSummary.oneLine(machine.telemetry.map { $0.sample() })) }
+        // Output flushed, stats written: the VM's teardown (the irqchip's, ~10 ms) need not delay the exit.
+        detachTeardown()
         switch outcome {
         case .powerOff:
             return

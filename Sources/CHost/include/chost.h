@@ -43,4 +43,11 @@ static inline uint64_t chost_now_ns(void) {
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
+// Hands the process's last references to its files (the VM's fds) and
+// memory to a helper that outlives it: KVM's VM teardown (the irqchip's
+// io-bus unregistrations wait in synchronize_srcu, ~10 ms) then runs in the
+// helper after this process has exited, so whoever waits for svmm does not
+// wait for it. Returns 0, or -errno (nothing detached; the caller exits as usual).
+int chost_detach_teardown(void);
+
 #endif
