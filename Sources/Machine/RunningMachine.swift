@@ -287,14 +287,8 @@ public final class RunningMachine: Sendable {
         guard let rip = try? vcpu.registers().rip else { return kind }
         var text = "\(kind) at RIP 0x\(String(rip, radix: 16))"
         if let gpa = vcpu.translate(rip), let bytes = try? memory.read(at: gpa, count: 15) {
-            text += " (instruction bytes: \(bytes.map { String($0, radix: 16).leftPadded(2) }.joined(separator: " ")))"
+            text += " (instruction bytes: \(bytes.map { String($0, radix: 16).leftPadding(2, with: "0") }.joined(separator: " ")))"
         }
         return text
-    }
-}
-
-extension String {
-    func leftPadded(_ width: Int) -> String {
-        count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }

@@ -92,7 +92,10 @@ public enum StatsSummary {
 
 extension String {
     func padding(_ width: Int) -> String { count >= width ? self : self + String(repeating: " ", count: width - count) }
-    func leftPadding(_ width: Int) -> String { count >= width ? self : String(repeating: " ", count: width - count) + self }
+    /// Right-aligned in `width` characters, padded with `fill`.
+    public func leftPadding(_ width: Int, with fill: Character = " ") -> String {
+        count >= width ? self : String(repeating: fill, count: width - count) + self
+    }
 }
 
 extension StatsSummary {

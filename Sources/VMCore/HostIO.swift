@@ -42,10 +42,12 @@ public enum HostIO {
 /// svmm's own messages, one line at a time, all through here: stderr,
 /// written whole so lines from different threads never interleave.
 public enum Messages {
-    public static func line(_ text: String) {
-        var line = text
-        line.append("\n")
-        line.withUTF8 { _ = HostIO.writeAll(2, UnsafeRawBufferPointer($0)) }
+    public static func line(_ text: String) { block(text + "\n") }
+
+    /// Text that ends in its own newline (a table), written whole.
+    public static func block(_ text: String) {
+        var text = text
+        text.withUTF8 { _ = HostIO.writeAll(2, UnsafeRawBufferPointer($0)) }
     }
 }
 

@@ -56,9 +56,3 @@ func fail(_ message: String, _ status: ExitStatus) -> Never {
 func writeStdout(_ bytes: [UInt8]) {
     _ = bytes.withUnsafeBytes { HostIO.writeAll(1, $0) }
 }
-
-/// A block of text on stderr (a table that ends in its own newline).
-func writeStderrText(_ text: String) {
-    var text = text
-    text.withUTF8 { _ = HostIO.writeAll(2, UnsafeRawBufferPointer($0)) }
-}

@@ -87,7 +87,7 @@ final class TelemetrySession {
             Messages.line("svmm: warning: writing --stats file \(path) failed: \(String(cString: strerror(recorder.writeError)))")
         }
         if options.statsSummary {
-            writeStderrText(StatsSummary.render(header: recorder.header, finals: finals))
+            Messages.block(StatsSummary.render(header: recorder.header, finals: finals))
         }
     }
 }
