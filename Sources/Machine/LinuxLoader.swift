@@ -17,14 +17,14 @@ public struct LinuxLoader {
     /// Linux boot protocol, as `config.bootProtocol` asks.
     public static func load(_ config: BootConfiguration, into memory: GuestMemory) throws -> EntryState {
         if ELFKernel.isELF(config.kernel) {
-            return try loadPVH(config, ELFKernel(config.kernel), elf: config.kernel, scratch: nil, into: memory)
+            return try loadPVH(config, ELFKernel(config.kernel), from: config.kernel, into: memory)
         }
         let kernel = try BzImage(config.kernel)
         if config.bootProtocol != .linux {
             switch pvhKernel(inside: kernel, of: config.kernel, memory: memory) {
-            case let .success((compression, elf, vmlinux, scratch)):
-                var entry = try loadPVH(config, vmlinux, elf: elf, scratch: scratch, into: memory)
-                entry.decompressed = compression
+            case let .success(found):
+                var entry = try loadPVH(config, found.vmlinux, from: found.source, into: memory)
+                entry.decompressed = found.compression
                 return entry
             case let .failure(reason):
                 if config.bootProtocol == .pvh { throw LoaderError.noPVHPath(path: config.kernelPath, reason: reason.text) }
@@ -53,73 +53,122 @@ public struct LinuxLoader {
 
     struct NoPVH: Error { let text: String }
 
-    /// The ELF inside a bzImage's payload, when it has a PVH entry.
-    ///
-    /// The payload is read and decompressed in a scratch area at the top of
-    /// guest RAM, as the kernel's own decompressor would use guest RAM, and
-    /// the scratch pages go back to the host once the segments are in place:
-    /// svmm holds no copy of the kernel and the guest finds that RAM zeroed.
-    /// Where RAM is too small for that, the host heap serves (freed before
-    /// the guest runs).
-    static func pvhKernel(inside kernel: BzImage, of image: ImageSource, memory: GuestMemory)
-        -> Result<(KernelPayload.Compression, ImageSource, ELFKernel, scratch: Range<UInt64>?), NoPVH> {
-        guard let range = kernel.payload else { return .failure(NoPVH(text: "its header locates no compressed payload")) }
-        let page = Layout.pageSize
-        let top = memory.regions[0].end
-        let inAddress = top >= UInt64(range.count) ? (top - UInt64(range.count)) & ~(page - 1) : 0
-        var staged: (size: Int, kind: KernelPayload.Compression)?
-        if inAddress > 0, (try? image.copy(range, into: memory, at: inAddress)) != nil,
-           let sized = try? memory.withBytes(at: inAddress, count: range.count, { src in
-               Result { () throws(KernelPayload.Failure) in try KernelPayload.uncompressedSize(UnsafeRawBufferPointer(src)) } }).get(),
-           inAddress >= UInt64(sized.1) + (16 << 20) {
-            staged = (sized.1, sized.0)
-        } else if inAddress > 0 {
-            try? memory.discard(inAddress..<top)
-        }
-        if let (size, _) = staged {
-            let outAddress = (inAddress - UInt64(size)) & ~(page - 1)
-            let scratch = outAddress..<top
-            func fail(_ text: String) -> Result<(KernelPayload.Compression, ImageSource, ELFKernel, scratch: Range<UInt64>?), NoPVH> {
-                try? memory.discard(scratch)
-                return .failure(NoPVH(text: text))
-            }
-            // Guest RAM to guest RAM: the payload at inAddress decompresses to outAddress below it.
-            let decompressed = try? memory.withBytes(at: inAddress, count: range.count) { src in
-                try? memory.withBytes(at: outAddress, count: size) { dst in
-                    Result { () throws(KernelPayload.Failure) in try KernelPayload.decompress(UnsafeRawBufferPointer(src), into: dst) }
-                }
-            }
-            guard let decompressed = decompressed ?? nil else { return fail("its payload does not fit in RAM") }
-            let compression: KernelPayload.Compression
-            do { compression = try decompressed.get() } catch { return fail(error.reason) }
-            let elf = ImageSource(guest: memory, at: outAddress, count: size, path: kernel.path)
-            guard let vmlinux = try? ELFKernel(elf) else { return fail("its payload is not an ELF kernel with a PVH note") }
-            if vmlinux.end <= outAddress, vmlinux.segments.allSatisfy({ $0.physicalAddress < outAddress }) {
-                return .success((compression, elf, vmlinux, scratch))
-            }
-            // The kernel wants the scratch area itself: load from a heap copy.
-            let copy = ImageSource(elf.read(0..<size), path: kernel.path)
-            try? memory.discard(scratch)
-            return .success((compression, copy, vmlinux, nil))
-        }
-        let payload = image.read(range)
-        guard payload.count == range.count else { return .failure(NoPVH(text: "its payload cannot be read")) }
-        let compression: KernelPayload.Compression, elf: ImageSource
-        do {
-            let bytes: [UInt8]
-            (compression, bytes) = try KernelPayload.decompress(payload[...])
-            elf = ImageSource(bytes, path: kernel.path)
-        } catch {
-            return .failure(NoPVH(text: error.reason))
-        }
-        do {
-            return .success((compression, elf, try ELFKernel(elf), nil))
-        } catch {
-            return .failure(NoPVH(text: "its payload is not an ELF kernel with a PVH note"))
-        }
+    /// A bzImage's decompressed vmlinux, and where its segments come from.
+    struct PVHKernel {
+        let compression: KernelPayload.Compression
+        let vmlinux: ELFKernel
+        /// The image to copy the segments from; nil when they are in place.
+        let source: ImageSource?
     }
 
-    static func loadPVH(_ config: BootConfiguration, _ kernel: ELFKernel, elf: ImageSource, scratch: Range<UInt64>?,
+    /// Linux links vmlinux for 2 MiB pages (x86-64's max-page-size): its
+    /// first PT_LOAD starts 2 MiB into the file and loads at the bzImage's
+    /// preferred address.
+    static let firstSegmentOffset: UInt64 = 0x20_0000
+
+    /// The ELF inside a bzImage's payload, when it has a PVH entry.
+    ///
+    /// The payload is read through a mapping of the file and decompressed
+    /// straight into guest RAM where the kernel's first segment belongs, so
+    /// most of the kernel is in place as it comes out of the decompressor;
+    /// the other segments move within guest RAM and the pages no segment
+    /// occupies (ELF headers, symbols) go back to the host. Each page of fresh
+    /// RAM costs the host a zeroing (the bulk of svmm's setup, tenfold under
+    /// the sandbox's emulation), so this touches each once: about the
+    /// kernel's size, where staging the payload and the image elsewhere and
+    /// copying touched 2.5 times that. svmm holds no copy of the kernel.
+    /// Where RAM is too small for the image, or its segments would overwrite
+    /// each other's bytes before they move, the image is decompressed (or
+    /// copied) to the host heap and loaded from there, freed before the guest runs.
+    static func pvhKernel(inside kernel: BzImage, of image: ImageSource, memory: GuestMemory) -> Result<PVHKernel, NoPVH> {
+        guard let range = kernel.payload else { return .failure(NoPVH(text: "its header locates no compressed payload")) }
+        let decompress = { (payload: UnsafeRawBufferPointer) in
+            pvhKernel(payload: payload, path: kernel.path, preferredAddress: kernel.preferredAddress, memory: memory)
+        }
+        if let found = image.withBytes(range, decompress) { return found }
+        // A file that cannot be mapped: read the payload.
+        let payload = image.read(range)
+        guard payload.count == range.count else { return .failure(NoPVH(text: "its payload cannot be read")) }
+        return payload.withUnsafeBytes(decompress)
+    }
+
+    static func pvhKernel(payload: UnsafeRawBufferPointer, path: String, preferredAddress: UInt64,
+                          memory: GuestMemory) -> Result<PVHKernel, NoPVH> {
+        let kind: KernelPayload.Compression, size: Int
+        do { (kind, size) = try KernelPayload.uncompressedSize(payload) } catch { return .failure(NoPVH(text: error.reason)) }
+        let notAKernel = NoPVH(text: "its payload is not an ELF kernel with a PVH note")
+        let base = preferredAddress &- firstSegmentOffset
+        let end = base.addingReportingOverflow(UInt64(size))
+        guard preferredAddress >= Layout.kernelLoad + firstSegmentOffset, base % Layout.pageSize == 0,
+              !end.overflow, end.partialValue <= memory.regions[0].end else {
+            // Too little RAM to decompress in place.
+            let elf: ImageSource
+            do { elf = ImageSource(try KernelPayload.decompress(payload).1, path: path) } catch { return .failure(NoPVH(text: error.reason)) }
+            guard let vmlinux = try? ELFKernel(elf) else { return .failure(notAKernel) }
+            return .success(PVHKernel(compression: kind, vmlinux: vmlinux, source: elf))
+        }
+        let area = base..<(end.partialValue + Layout.pageSize - 1) & ~(Layout.pageSize - 1)
+        let decompressed = try? memory.withBytes(at: base, count: size) { dst in
+            Result { () throws(KernelPayload.Failure) in try KernelPayload.decompress(payload, into: dst) }
+        }
+        func fail(_ reason: NoPVH) -> Result<PVHKernel, NoPVH> {
+            try? memory.discard(area)
+            return .failure(reason)
+        }
+        do { _ = try decompressed?.get() } catch { return fail(NoPVH(text: error.reason)) }
+        let elf = ImageSource(guest: memory, at: base, count: size, path: path)
+        guard let vmlinux = try? ELFKernel(elf) else { return fail(notAKernel) }
+        if (try? place(vmlinux, decompressedIn: area, memory: memory)) == true {
+            return .success(PVHKernel(compression: kind, vmlinux: vmlinux, source: nil))
+        }
+        let copy = ImageSource(elf.read(0..<size), path: path)
+        try? memory.discard(area)
+        return .success(PVHKernel(compression: kind, vmlinux: vmlinux, source: copy))
+    }
+
+    /// Puts the segments of a kernel decompressed into `area` of guest RAM at
+    /// their addresses: moves those not already there, zeroes their bss and
+    /// gives back the pages of `area` that no segment occupies. Returns
+    /// false, having changed nothing, where segments overlap each other or
+    /// reach past low RAM, or where no order of moves keeps every segment's
+    /// bytes until they are moved.
+    static func place(_ kernel: ELFKernel, decompressedIn area: Range<UInt64>, memory: GuestMemory) throws -> Bool {
+        let targets = kernel.segments.map { $0.physicalAddress..<$0.physicalAddress + $0.memorySize }
+            .sorted { $0.lowerBound < $1.lowerBound }
+        guard kernel.end <= memory.regions[0].end, zip(targets, targets.dropFirst()).allSatisfy({ $0.upperBound <= $1.lowerBound })
+        else { return false }
+        struct Move {
+            let from, to, count: UInt64
+            var source: Range<UInt64> { from..<from + count }
+            var destination: Range<UInt64> { to..<to + count }
+        }
+        var pending = kernel.segments.map {
+            Move(from: area.lowerBound + UInt64($0.fileRange.lowerBound), to: $0.physicalAddress, count: UInt64($0.fileRange.count))
+        }.filter { $0.from != $0.to && $0.count > 0 }
+        var order: [Move] = []
+        while let i = pending.indices.first(where: { i in
+            pending.indices.allSatisfy { j in j == i || !pending[i].destination.overlaps(pending[j].source) }
+        }) {
+            order.append(pending.remove(at: i))
+        }
+        guard pending.isEmpty else { return false }
+        for m in order { try memory.copy(from: m.from, to: m.to, count: Int(m.count)) }
+        for s in kernel.segments where s.memorySize > UInt64(s.fileRange.count) {
+            try memory.fill(0, at: s.physicalAddress + UInt64(s.fileRange.count), count: Int(s.memorySize) - s.fileRange.count)
+        }
+        let page = Layout.pageSize
+        var from = area.lowerBound
+        for t in targets + [area.upperBound..<area.upperBound] {
+            let gapEnd = min(t.lowerBound & ~(page - 1), area.upperBound)
+            if gapEnd > from { try memory.discard(from..<gapEnd) }
+            from = max(from, (t.upperBound + page - 1) & ~(page - 1))
+        }
+        return true
+    }
+
+    /// Enters `kernel` through PVH; its segments are copied from `source`,
+    /// or are already in place where that is nil.
+    static func loadPVH(_ config: BootConfiguration, _ kernel: ELFKernel, from source: ImageSource?,
                         into memory: GuestMemory) throws -> EntryState {
         // Linux's own limit (COMMAND_LINE_SIZE on x86) is 2048 bytes.
         try writeCommandLine(config, limit: 2047, into: memory)
@@ -127,11 +176,11 @@ public struct LinuxLoader {
             throw LoaderError.memoryTooSmall(needed: kernel.end, available: memory.totalSize)
         }
         for s in kernel.segments {
-            try elf.copy(s.fileRange, into: memory, at: s.physicalAddress)
+            guard let source else { break }
+            try source.copy(s.fileRange, into: memory, at: s.physicalAddress)
             let bss = s.memorySize - UInt64(s.fileRange.count)
             if bss > 0 { try memory.fill(0, at: s.physicalAddress + UInt64(s.fileRange.count), count: Int(bss)) }
         }
-        if let scratch { try memory.discard(scratch) }
         let initrd = try placeInitrd(config, above: kernel.end, ceiling: UInt64(UInt32.max) + 1, into: memory)
         let info = PVHStartInfo(commandLine: Layout.commandLine, rsdp: try writeACPI(config, into: memory),
                                 initrd: initrd, memoryMap: E820Entry.map(for: memory))

@@ -64,4 +64,28 @@ enum SyntheticKernel {
         }
         return h + ph + (pvhNote ? note : []) + code
     }
+
+    /// An ELF64 vmlinux laid out as Linux's: PT_LOAD segments at the given
+    /// file offsets (2 MiB and up) and addresses, the gaps between them
+    /// filled with 0xCC, and a PVH note pointing at `entry`.
+    static func vmlinux(segments: [(offset: Int, address: UInt64, bytes: [UInt8], memorySize: Int)], entry: UInt64) -> [UInt8] {
+        let phoff = 64, phnum = segments.count + 1
+        let noteOffset = phoff + 56 * phnum
+        let note = le(4, 4) + le(4, 4) + le(18, 4) + Array("Xen\0".utf8) + le(entry, 4)
+        var h = [0x7F, 0x45, 0x4C, 0x46, 2, 1, 1, 0] + [UInt8](repeating: 0, count: 8)
+        h += le(2, 2) + le(0x3E, 2) + le(1, 4) + le(entry, 8) + le(UInt64(phoff), 8) + le(0, 8)
+        h += le(0, 4) + le(64, 2) + le(56, 2) + le(UInt64(phnum), 2) + le(64, 2) + le(0, 2) + le(0, 2)
+        var ph: [UInt8] = []
+        for s in segments {
+            ph += le(1, 4) + le(7, 4) + le(UInt64(s.offset), 8) + le(s.address | 0xFFFF_FFFF_8000_0000, 8)
+            ph += le(s.address, 8) + le(UInt64(s.bytes.count), 8) + le(UInt64(s.memorySize), 8) + le(0x20_0000, 8)
+        }
+        ph += le(4, 4) + le(4, 4) + le(UInt64(noteOffset), 8) + le(0, 8) + le(0, 8)
+        ph += le(UInt64(note.count), 8) + le(UInt64(note.count), 8) + le(4, 8)
+        var file = h + ph + note
+        for s in segments.sorted(by: { $0.offset < $1.offset }) {
+            file += [UInt8](repeating: 0xCC, count: s.offset - file.count) + s.bytes
+        }
+        return file + [UInt8](repeating: 0xCC, count: 0x1800)
+    }
 }

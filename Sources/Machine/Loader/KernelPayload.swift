@@ -1,5 +1,6 @@
 import VMCore
 import CCompression
+import Glibc
 
 /// The compressed kernel inside a bzImage (boot protocol 2.08+:
 /// payload_offset/payload_length), decompressed on the host with the system
@@ -81,14 +82,15 @@ public enum KernelPayload {
     }
 
     /// Decompresses a payload into a new array.
-    public static func decompress(_ payload: ArraySlice<UInt8>) throws(Failure) -> (Compression, [UInt8]) {
-        let input = Array(payload)
-        let (_, size) = try input.withUnsafeBytes { src in Result { () throws(Failure) in try uncompressedSize(src) } }.get()
+    public static func decompress(_ payload: UnsafeRawBufferPointer) throws(Failure) -> (Compression, [UInt8]) {
+        let (_, size) = try uncompressedSize(payload)
         var out = [UInt8](repeating: 0, count: size)
-        let kind = try input.withUnsafeBytes { src in
-            out.withUnsafeMutableBytes { dst in Result { () throws(Failure) in try decompress(src, into: dst) } }
-        }.get()
+        let kind = try out.withUnsafeMutableBytes { dst in Result { () throws(Failure) in try decompress(payload, into: dst) } }.get()
         return (kind, out)
+    }
+
+    public static func decompress(_ payload: ArraySlice<UInt8>) throws(Failure) -> (Compression, [UInt8]) {
+        try payload.withUnsafeBytes { src in Result { () throws(Failure) in try decompress(src) } }.get()
     }
 
     typealias Source = UnsafeBufferPointer<UInt8>
@@ -130,23 +132,78 @@ public enum KernelPayload {
     }
 
     /// The lz4 "legacy" frame the kernel uses: magic, then blocks of
-    /// (compressed size, data), each up to 8 MiB decompressed.
+    /// (compressed size, data), each decompressing to 8 MiB but the last.
+    /// The blocks are independent of each other, so each is decompressed
+    /// straight to its offset (8 MiB times its index), on up to 4 threads at
+    /// once (a kernel is 6 or 7 blocks). A stream whose blocks are not all
+    /// 8 MiB is decompressed again, in order.
     static func unlz4Legacy(_ src: Source, _ dst: Destination) -> Int? {
-        var p = 4, produced = 0
+        guard let blocks = lz4LegacyBlocks(src) else { return nil }
+        if unlz4InParallel(src, blocks, dst) { return dst.count }
+        var done = 0
+        for block in blocks {
+            guard done < dst.count else { return nil }
+            let n = unlz4Block(src, block, dst, done..<dst.count)
+            guard n > 0 else { return nil }
+            done += n
+        }
+        return done
+    }
+
+    /// Where each block's compressed bytes are; nil for a truncated stream.
+    static func lz4LegacyBlocks(_ src: Source) -> [Range<Int>]? {
+        var blocks: [Range<Int>] = []
+        var p = 4
         while p + 4 <= src.count {
             let size = Int(src[p]) | Int(src[p + 1]) << 8 | Int(src[p + 2]) << 16 | Int(src[p + 3]) << 24
-            if size == 0x184C_2102 { p += 4; continue }          // another frame's magic
             p += 4
-            guard size > 0, p + size <= src.count, produced < dst.count else { return nil }
-            // SAFETY: [p, p+size) was just checked to lie in src; LZ4 writes at most dst.count - produced bytes.
-            let n = LZ4_decompress_safe(UnsafeRawPointer(src.baseAddress! + p).assumingMemoryBound(to: CChar.self),
-                                        UnsafeMutableRawPointer(dst.baseAddress! + produced).assumingMemoryBound(to: CChar.self),
-                                        Int32(size), Int32(dst.count - produced))
-            guard n > 0 else { return nil }
-            produced += Int(n)
+            if size == 0x184C_2102 { continue }          // another frame's magic
+            guard size > 0, size <= src.count - p else { return nil }
+            blocks.append(p..<p + size)
             p += size
         }
-        return produced
+        return blocks
+    }
+
+    /// Decompresses block i to offset i * 8 MiB of dst, several blocks at
+    /// once; false when the blocks do not decompress to 8 MiB each but the
+    /// last (dst is then to be filled in order).
+    static func unlz4InParallel(_ src: Source, _ blocks: [Range<Int>], _ dst: Destination) -> Bool {
+        let blockSize = lz4LegacyBlockSize
+        guard blocks.count > 1, blocks.count == (dst.count + blockSize - 1) / blockSize else { return false }
+        let workers = min(blocks.count, 4, max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        let produced = UnsafeMutableBufferPointer<Int>.allocate(capacity: blocks.count)
+        defer { produced.deallocate() }
+        // SAFETY (@unchecked Sendable): the workers share the caller's
+        // buffers, which outlive them (joined below); worker k writes only
+        // blocks k, k+workers, ... of dst and their entries of produced.
+        struct Shared: @unchecked Sendable { let src: Source, dst: Destination, produced: UnsafeMutableBufferPointer<Int> }
+        let shared = Shared(src: src, dst: dst, produced: produced)
+        let work = { @Sendable (k: Int) in
+            for i in stride(from: k, to: blocks.count, by: workers) {
+                let out = i * blockSize
+                shared.produced[i] = unlz4Block(shared.src, blocks[i], shared.dst, out..<min(out + blockSize, shared.dst.count))
+            }
+        }
+        let threads = (1..<workers).compactMap { k in try? startHostThread("lz4 decompression") { work(k) } }
+        // Whatever share a thread that failed to start had is done here.
+        for k in 0..<workers where k == 0 || k > threads.count { work(k) }
+        for t in threads { pthread_join(t, nil) }
+        return blocks.indices.allSatisfy { produced[$0] == min(blockSize, dst.count - $0 * blockSize) }
+    }
+
+    /// lz4's legacy block size (the lz4 tool's -l, as Linux's build runs it).
+    static let lz4LegacyBlockSize = 8 << 20
+
+    /// Decompresses one lz4 block of `src` into `out` of `dst`; the bytes
+    /// produced, or a negative number for a corrupt block.
+    static func unlz4Block(_ src: Source, _ block: Range<Int>, _ dst: Destination, _ out: Range<Int>) -> Int {
+        // SAFETY: both ranges lie in their buffers (the callers take them from
+        // the buffers' own sizes); LZ4 reads at most block.count bytes and
+        // writes at most out.count.
+        Int(LZ4_decompress_safe(UnsafeRawPointer(src.baseAddress! + block.lowerBound).assumingMemoryBound(to: CChar.self),
+                                UnsafeMutableRawPointer(dst.baseAddress! + out.lowerBound).assumingMemoryBound(to: CChar.self),
+                                Int32(block.count), Int32(out.count)))
     }
 
     static func unzstd(_ src: Source, _ dst: Destination) -> Int? {
