@@ -68,31 +68,41 @@ public struct LinuxLoader {
 
     /// The ELF inside a bzImage's payload, when it has a PVH entry.
     ///
-    /// The payload is read through a mapping of the file and decompressed
-    /// straight into guest RAM where the kernel's first segment belongs, so
-    /// most of the kernel is in place as it comes out of the decompressor;
-    /// the other segments move within guest RAM and the pages no segment
-    /// occupies (ELF headers, symbols) go back to the host. Each page of fresh
-    /// RAM costs the host a zeroing (the bulk of svmm's setup, tenfold under
-    /// the sandbox's emulation), so this touches each once: about the
-    /// kernel's size, where staging the payload and the image elsewhere and
-    /// copying touched 2.5 times that. svmm holds no copy of the kernel.
-    /// Where RAM is too small for the image, or its segments would overwrite
-    /// each other's bytes before they move, the image is decompressed (or
-    /// copied) to the host heap and loaded from there, freed before the guest runs.
+    /// The payload is staged at the top of guest RAM and decompressed from
+    /// there straight into guest RAM where the kernel's first segment
+    /// belongs, so most of the kernel is in place as it comes out of the
+    /// decompressor; the other segments move within guest RAM, and the
+    /// staged payload and the pages of the image no segment occupies (ELF
+    /// headers, symbols) go back to the host. Each page of fresh RAM costs
+    /// the host a zeroing (the bulk of svmm's setup, tenfold under the
+    /// sandbox's emulation), so this touches little more than the kernel's
+    /// size, where decompressing the image elsewhere and copying its
+    /// segments touched 2.5 times that. svmm holds no copy of the kernel in
+    /// its own memory (a mapping of the file would put the payload's pages
+    /// in svmm's resident set). Where RAM is too small, or the segments would
+    /// overwrite each other's bytes before they move, the image is
+    /// decompressed (or copied) to the host heap and loaded from there,
+    /// freed before the guest runs.
     static func pvhKernel(inside kernel: BzImage, of image: ImageSource, memory: GuestMemory) -> Result<PVHKernel, NoPVH> {
         guard let range = kernel.payload else { return .failure(NoPVH(text: "its header locates no compressed payload")) }
-        let decompress = { (payload: UnsafeRawBufferPointer) in
-            pvhKernel(payload: payload, path: kernel.path, preferredAddress: kernel.preferredAddress, memory: memory)
+        let decompress = { (payload: UnsafeRawBufferPointer, ceiling: UInt64) in
+            pvhKernel(payload: payload, path: kernel.path, preferredAddress: kernel.preferredAddress, below: ceiling, memory: memory)
         }
-        if let found = image.withBytes(range, decompress) { return found }
-        // A file that cannot be mapped: read the payload.
+        let top = memory.regions[0].end
+        let stage = UInt64(range.count) < top ? (top - UInt64(range.count)) & ~(Layout.pageSize - 1) : 0
+        if stage > 0, (try? image.copy(range, into: memory, at: stage)) != nil {
+            defer { try? memory.discard(stage..<top) }
+            if let found = try? memory.withBytes(at: stage, count: range.count, { decompress(UnsafeRawBufferPointer($0), stage) }) {
+                return found
+            }
+        }
         let payload = image.read(range)
         guard payload.count == range.count else { return .failure(NoPVH(text: "its payload cannot be read")) }
-        return payload.withUnsafeBytes(decompress)
+        return payload.withUnsafeBytes { decompress($0, top) }
     }
 
-    static func pvhKernel(payload: UnsafeRawBufferPointer, path: String, preferredAddress: UInt64,
+    /// Decompresses `payload` in place below `ceiling` (or to the heap).
+    static func pvhKernel(payload: UnsafeRawBufferPointer, path: String, preferredAddress: UInt64, below ceiling: UInt64,
                           memory: GuestMemory) -> Result<PVHKernel, NoPVH> {
         let kind: KernelPayload.Compression, size: Int
         do { (kind, size) = try KernelPayload.uncompressedSize(payload) } catch { return .failure(NoPVH(text: error.reason)) }
@@ -100,7 +110,7 @@ public struct LinuxLoader {
         let base = preferredAddress &- firstSegmentOffset
         let end = base.addingReportingOverflow(UInt64(size))
         guard preferredAddress >= Layout.kernelLoad + firstSegmentOffset, base % Layout.pageSize == 0,
-              !end.overflow, end.partialValue <= memory.regions[0].end else {
+              !end.overflow, end.partialValue <= ceiling else {
             // Too little RAM to decompress in place.
             let elf: ImageSource
             do { elf = ImageSource(try KernelPayload.decompress(payload).1, path: path) } catch { return .failure(NoPVH(text: error.reason)) }
@@ -118,7 +128,7 @@ public struct LinuxLoader {
         do { _ = try decompressed?.get() } catch { return fail(NoPVH(text: error.reason)) }
         let elf = ImageSource(guest: memory, at: base, count: size, path: path)
         guard let vmlinux = try? ELFKernel(elf) else { return fail(notAKernel) }
-        if (try? place(vmlinux, decompressedIn: area, memory: memory)) == true {
+        if (try? place(vmlinux, decompressedIn: area, below: ceiling, memory: memory)) == true {
             return .success(PVHKernel(compression: kind, vmlinux: vmlinux, source: nil))
         }
         let copy = ImageSource(elf.read(0..<size), path: path)
@@ -130,12 +140,13 @@ public struct LinuxLoader {
     /// their addresses: moves those not already there, zeroes their bss and
     /// gives back the pages of `area` that no segment occupies. Returns
     /// false, having changed nothing, where segments overlap each other or
-    /// reach past low RAM, or where no order of moves keeps every segment's
+    /// reach `ceiling`, or where no order of moves keeps every segment's
     /// bytes until they are moved.
-    static func place(_ kernel: ELFKernel, decompressedIn area: Range<UInt64>, memory: GuestMemory) throws -> Bool {
+    static func place(_ kernel: ELFKernel, decompressedIn area: Range<UInt64>, below ceiling: UInt64,
+                      memory: GuestMemory) throws -> Bool {
         let targets = kernel.segments.map { $0.physicalAddress..<$0.physicalAddress + $0.memorySize }
             .sorted { $0.lowerBound < $1.lowerBound }
-        guard kernel.end <= memory.regions[0].end, zip(targets, targets.dropFirst()).allSatisfy({ $0.upperBound <= $1.lowerBound })
+        guard kernel.end <= ceiling, zip(targets, targets.dropFirst()).allSatisfy({ $0.upperBound <= $1.lowerBound })
         else { return false }
         struct Move {
             let from, to, count: UInt64

@@ -54,9 +54,12 @@ import Testing
         let entry = try LinuxLoader.load(config, into: memory)
         #expect(entry.mode == .pvh32 && entry.decompressed == kind && entry.rip == 0x100_0000)
         #expect(try memory.read(at: 0x100_0000, count: 8) == Array(code.prefix(8)))
-        // Decompressed in place (2 MiB below the segment's address), the
-        // segment moved up: the pages that held the image are zero again.
+        // Staged at the top of RAM, decompressed in place (2 MiB below the
+        // segment's address), the segment moved up: the pages that held the
+        // payload and the image are zero again.
         #expect(try memory.read(at: 0xE0_0000, count: elf.count).allSatisfy { $0 == 0 })
+        let top = memory.regions[0].end
+        #expect(try memory.read(at: top - UInt64(payload.count), count: payload.count).allSatisfy { $0 == 0 })
 
         var linux = config
         linux.bootProtocol = .linux
@@ -106,7 +109,7 @@ import Testing
         let found = try LinuxLoader.pvhKernel(inside: kernel, of: ImageSource(image, path: "/k"), memory: memory).get()
         #expect((found.source == nil) == !cycle)
 
-        // Loaded from a file: the payload is read through a mapping of it.
+        // Loaded from a file.
         let fresh = try GuestMemory(layout: Layout.ramRegions(size: 64 << 20))
         let entry = try withTemporaryDirectory("svmm-inplace") { dir in
             let file = dir.appendingPathComponent("bzImage")
@@ -125,6 +128,8 @@ import Testing
         let area = 0xE0_0000..<(0xE0_0000 + UInt64(elf.count))
         let bytes = try fresh.read(at: area.lowerBound, count: elf.count)
         let stray = area.filter { a in bytes[Int(a - area.lowerBound)] != 0 && !occupied.contains { $0.contains(a) } }
+        let top = fresh.regions[0].end
+        #expect(try fresh.read(at: top - UInt64(payload.count), count: payload.count).allSatisfy { $0 == 0 }, "the staged payload")
         let first = stray.first.map { String($0, radix: 16) } ?? "none"
         #expect(stray.isEmpty, "\(stray.count) bytes of the image left behind, the first at \(first)")
     }

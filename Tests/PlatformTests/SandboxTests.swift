@@ -2,9 +2,26 @@ import Foundation
 import Testing
 
 @Suite(.serialized) struct SandboxTests {
+    /// Also: a --preload file is at its own path in L1, from L1's memory
+    /// (a bind mount of the copy in L1's initramfs), read-only; the host's
+    /// file is untouched.
     @Test func exitStatusComesBackOut() throws {
-        let r = try sandbox(["--mode", "sandbox", "--", "sh", "-c", "exit 7"])
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("svmm-preload-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("preloaded file").path
+        let content = "preloaded \(UUID().uuidString)\n"
+        try content.write(toFile: file, atomically: false, encoding: .utf8)
+        let script = """
+            f="$1"; cat "$f"
+            grep -qF " $(echo "$f" | sed 's/ /\\\\040/g') " /proc/mounts && echo "a mount of its own"
+            (echo more >>"$f") 2>/dev/null && echo writable || echo read-only
+            exit 7
+            """
+        let r = try sandbox(["--mode", "sandbox", "--preload", file, "--", "sh", "-c", script, "sh", file])
         #expect(r.status == 7)
+        #expect(r.stdout == content + "a mount of its own\nread-only\n", "stdout: \(r.stdout) stderr: \(r.stderr)")
+        #expect(try String(contentsOfFile: file, encoding: .utf8) == content)
         let first = r.stderr.split(separator: "\n").first ?? ""
         #expect(first.hasPrefix("kvm-sandbox: sandbox: forced by --mode sandbox"), "first stderr line: \(first)")
         // It names the QEMU that runs L1 (docs/platform.md: the version matters).
@@ -25,6 +42,12 @@ import Testing
         } else {
             #expect(first.hasPrefix("kvm-sandbox: "), "first line: \(first)")
         }
+    }
+
+    @Test func aPreloadThatIsNotAFileIsRefused() throws {
+        let r = try runProgram(repoPath("Scripts/kvm-sandbox"), ["--mode", "sandbox", "--preload", "/nonexistent/svmm", "--", "true"])
+        #expect(r.status == 2)
+        #expect(r.stderr.contains("--preload /nonexistent/svmm: not a regular file"), "\(r.stderr)")
     }
 
     @Test func directModeRunsOnTheHost() throws {

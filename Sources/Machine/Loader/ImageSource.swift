@@ -65,31 +65,6 @@ public final class ImageSource: @unchecked Sendable {
         return out
     }
 
-    /// Calls `body` with a read-only view of `range` of the image, valid
-    /// only during the call: for a file, a private mapping (its pages come
-    /// from the page cache as `body` reads them; nothing is copied into
-    /// svmm's memory). nil when the range lies outside the image or the file
-    /// cannot be mapped.
-    func withBytes<R>(_ range: Range<Int>, _ body: (UnsafeRawBufferPointer) -> R) -> R? {
-        guard range.lowerBound >= 0, range.upperBound <= count, !range.isEmpty else { return nil }
-        if let guest {
-            return try? guest.memory.withBytes(at: guest.address + UInt64(range.lowerBound), count: range.count) {
-                body(UnsafeRawBufferPointer($0))
-            }
-        }
-        guard fd >= 0 else { return bytes.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[range])) } }
-        let start = range.lowerBound & ~(Int(Layout.pageSize) - 1)
-        let length = range.upperBound - start
-        guard let map = mmap(nil, length, PROT_READ, MAP_PRIVATE, fd, off_t(start)), map != MAP_FAILED else { return nil }
-        defer { munmap(map, length) }
-        // SAFETY: the mapping covers [start, range.upperBound) of the file,
-        // which was that long when opened, and lives until the munmap above;
-        // body gets the view for the call only. (A file truncated by someone
-        // else during the call would fault on access: the window is the
-        // decompression of a kernel, milliseconds, as for any reader that maps.)
-        return body(UnsafeRawBufferPointer(start: map + (range.lowerBound - start), count: range.count))
-    }
-
     /// Copies `range` of the image into guest RAM at `address`, checked
     /// against the guest's RAM first; a file is read directly into it.
     func copy(_ range: Range<Int>, into memory: GuestMemory, at address: UInt64) throws {
