@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "chost.h"
 
+#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -28,4 +29,14 @@ int chost_detach_teardown(void) {
     // SIGCHLD as its exit signal, so that init (its parent by then) reaps it.
     int pid = clone(helper, (char *)stack + size, CLONE_VM | CLONE_FILES | CLONE_FS | SIGCHLD, (void *)(long)getpid());
     return pid < 0 ? -errno : 0;
+}
+
+int chost_fallocate(int fd, int what, int64_t offset, int64_t length) {
+    int mode = FALLOC_FL_KEEP_SIZE | (what == CHOST_PUNCH_HOLE ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE);
+    return fallocate(fd, mode, offset, length) == 0 ? 0 : -errno;
+}
+
+int chost_lock_file(int fd, int exclusive) {
+    struct flock lock = {.l_type = exclusive ? F_WRLCK : F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    return fcntl(fd, F_OFD_SETLK, &lock) == 0 ? 0 : -errno;
 }

@@ -44,6 +44,8 @@ public struct BootConfiguration: Sendable {
     public var console: ConsoleDevice = .serial
     /// A virtio-rng device on PCI (entropy from the host's getrandom).
     public var entropy = true
+    /// Disks, in order: the guest's vda, vdb, …
+    public var disks: [DiskImage] = []
     /// The in-kernel i8254 PIT. Off by default: Linux with kvm-clock and the
     /// local APIC timer does not need it, and its teardown costs ~13 ms at exit.
     public var pit = false

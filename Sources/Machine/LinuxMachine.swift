@@ -49,6 +49,7 @@ public final class LinuxMachine: Sendable {
             try b.addVirtio(VirtioConsole(input: consoleInput, output: output), name: "virtio-console")
         }
         if config.entropy { try b.addVirtio(VirtioRNG(), name: "virtio-rng") }
+        for (i, disk) in config.disks.enumerated() { try b.addVirtio(VirtioBlock(disk: disk), name: "virtio-blk\(i)") }
         b.addPCIHostBridge()
 
         let supported = try b.hypervisor.supportedCPUID()

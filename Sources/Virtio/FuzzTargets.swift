@@ -1,3 +1,4 @@
+import Glibc
 import VMCore
 
 /// The libFuzzer targets, one per guest-facing parser: arbitrary bytes become
@@ -23,6 +24,10 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case virtioRNG = "virtio-rng"
     /// virtio-console, as virtio-rng.
     case virtioConsole = "virtio-console"
+    /// virtio-blk, as virtio-rng, on a 64 KiB scratch image (unlinked once
+    /// open): request headers, sector ranges, descriptor layouts, status
+    /// buffers, discard and write-zeroes segments.
+    case virtioBlock = "virtio-blk"
 
     /// Guest RAM: the rings at fixed places (a queue's at `queueStride` past
     /// the one before), everything else data. 1 MiB mapped once per process.
@@ -37,8 +42,24 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .pciTransport: Self.accessRegisters(input, memory)
         case .virtioRNG: Self.bringUp(VirtioRNG(), input, memory)
         case .virtioConsole: Self.bringUp(VirtioConsole(input: nil, output: { _ in }), input, memory)
+        case .virtioBlock:
+            guard let disk = Self.scratchDisk else { return }
+            Self.bringUp(VirtioBlock(disk: disk), input, memory)
         }
     }
+
+    /// The block target's image: a 64 KiB file in the temporary directory,
+    /// unlinked as soon as it is open (nothing left behind).
+    private static let scratchDisk: DiskImage? = {
+        var template = Array("/tmp/svmm-fuzz-disk-XXXXXX".utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        let path = String(cString: template)
+        defer { unlink(path) }
+        guard ftruncate(fd, 64 << 10) == 0 else { return nil }
+        return try? DiskImage(.init(path: path))
+    }()
 
     final class NullMSIX: MSIXDelivery {
         func program(vector: Int, address: UInt64, data: UInt32) {}

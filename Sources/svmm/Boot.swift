@@ -26,13 +26,15 @@ struct Boot: ParsableCommand {
               svmm boot --kernel bzImage --memory 1G --timeout 30s
               svmm boot --cpus 2 --stats run.jsonl --stats-summary
               svmm boot --console virtio
+              svmm boot --disk root.img --disk data.img,ro,serial=data1
               svmm boot --shell            (a shell in the test guest; Ctrl-A x ends svmm)
 
             Exit status: 0 guest powered off, 10 guest rebooted, 11 guest panicked
             (pvpanic), 12 triple fault,
-            65 not a bootable kernel/initrd, 66 file unreadable, 69 no usable
+            65 not a bootable kernel/initrd, 66 file or disk unreadable, 69 no usable
             /dev/kvm, 70 KVM internal error, 73 --stats/--stats-listen cannot be
-            created, 124 --timeout, 130 Ctrl-A x or SIGINT, 143 SIGTERM.
+            created, 75 a disk in use by another process, 124 --timeout, 130
+            Ctrl-A x or SIGINT, 143 SIGTERM.
             """
     )
 
@@ -58,6 +60,11 @@ struct Boot: ParsableCommand {
 
     @Flag(help: "An in-kernel i8254 PIT (ports 0x40-0x43, 0x61), for guests without kvm-clock or a local APIC timer; Linux needs none.")
     var pit = false
+
+    @Option(name: .customLong("disk"), help: ArgumentHelp(
+        "A disk: PATH[,ro][,serial=ID][,cache=writeback|unsafe][,discard=on|off]; repeat for more.",
+        discussion: "A raw image file or host block device, the guest's vda, vdb, ... in order (virtio-blk). ro: opened read-only, advertised so, writes fail. cache=writeback (default): a guest flush is an fdatasync; unsafe: flushes are acknowledged without syncing. The image is locked while svmm runs: a second svmm writing it is refused (exit 75)."))
+    var disks: [String] = []
 
     @Option(help: "Number of vCPUs.")
     var cpus: Int = 1
@@ -85,6 +92,9 @@ struct Boot: ParsableCommand {
         if let timeout, Sizes.seconds(timeout) == nil { throw ValidationError("--timeout '\(timeout)' is not a duration (e.g. 30s, 2m, 500ms)") }
         if let cpuFeatures {
             do { _ = try CPUFeatures.parse(cpuFeatures) } catch { throw ValidationError(error.message) }
+        }
+        for spec in disks {
+            do { _ = try DiskSpec.parse(spec) } catch { throw ValidationError(error.message) }
         }
     }
 
@@ -126,6 +136,16 @@ struct Boot: ParsableCommand {
         config.bootProtocol = bootProtocol
         config.console = console
         config.entropy = rng
+        for spec in disks {
+            do {
+                config.disks.append(try DiskImage(try DiskSpec.parse(spec)))
+            } catch let e as DiskError {
+                if case .locked = e.problem { fail(e.message, .diskInUse) }
+                fail(e.message, .noInput)
+            } catch {
+                fail("\(error)", .usage)
+            }
+        }
         config.pit = pit
         if let cpuFeatures {
             do { config.cpuFeatures = try CPUFeatures.parse(cpuFeatures) } catch { fail(error.message, .usage) }

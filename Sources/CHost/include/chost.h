@@ -43,6 +43,16 @@ static inline uint64_t chost_now_ns(void) {
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
+// Disk images (VMCore's DiskImage): fallocate(2) and open-file-description
+// locks need _GNU_SOURCE, which Swift's Glibc module is built without.
+// Each returns 0 or -errno.
+enum { CHOST_PUNCH_HOLE = 1, CHOST_ZERO_RANGE = 2 };
+int chost_fallocate(int fd, int what, int64_t offset, int64_t length);
+// A whole-file lock held until the file description is closed: shared
+// (exclusive = 0) or exclusive; fails at once with -EAGAIN when another
+// description holds a conflicting one.
+int chost_lock_file(int fd, int exclusive);
+
 // Hands the process's last references to its files (the VM's fds) and
 // memory to a helper that outlives it: KVM's VM teardown (the irqchip's
 // io-bus unregistrations wait in synchronize_srcu, ~10 ms) then runs in the
