@@ -1,0 +1,139 @@
+import Foundation
+import Testing
+
+/// virtio-blk with a real Linux guest, through the sandbox: one session,
+/// one boot with four disks, many checks; then a second svmm refused on a
+/// disk the first is writing. The images live in the host's /tmp (shared
+/// into the sandbox), so the host reads back what the guest did.
+@Suite(.serialized) struct BlockTests {
+    static let pattern = "svmm-block-pattern"
+    static let patternBytes = 4 << 20
+
+    struct Session {
+        let stdout: String
+        let stderr: String
+        let status: Int32
+        /// The second svmm's status and stderr, and the first's status.
+        let second: (status: Int32, stderr: String, first: Int32)
+        let roBefore: (sha: String, mtime: Date?)
+        let roAfter: (sha: String, mtime: Date?)
+        let hostPatternSHA: String
+        /// a.img afterwards: the sha256 of its first `patternBytes`, and its size.
+        let written: (sha: String, size: Int?)
+    }
+
+    static func sha256(_ path: String, bytes: Int? = nil) throws -> String {
+        let cmd = bytes.map { "head -c \($0) '\(path)' | sha256sum" } ?? "sha256sum < '\(path)'"
+        return String(try runProgram("/bin/sh", ["-c", cmd]).stdout.prefix(64))
+    }
+
+    static let session: Result<Session, Error> = Result {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("svmm-blk-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        // a: written by the guest; b: a host pattern the guest reads; c: read-only; d: serial only.
+        let setup = """
+            cd '\(dir)' && truncate -s 8M a.img && head -c 4194304 /dev/urandom > b.img &&
+            head -c 2097152 /dev/urandom > c.img && truncate -s 1M d.img && truncate -s 1M e.img
+            """
+        let made = try runProgram("/bin/sh", ["-c", setup])
+        guard made.status == 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSLocalizedDescriptionKey: "cannot make the images in \(dir): \(made.stderr)"]) }
+        let roBefore = (try sha256(dir + "/c.img"), try FileManager.default.attributesOfItem(atPath: dir + "/c.img")[.modificationDate] as? Date)
+        let hostPatternSHA = try sha256(dir + "/b.img")
+        let guest = [
+            "for d in vda vdb vdc vdd; do echo BLK-SERIAL $d $(cat /sys/block/$d/serial) ro=$(cat /sys/block/$d/ro); done",
+            "echo BLK-SHA-B $(dd if=/dev/vdb bs=65536 2>/dev/null | sha256sum)",
+            "yes \(pattern) | head -c \(patternBytes) | dd of=/dev/vda bs=65536 conv=fsync 2>/dev/null; echo BLK-WROTE-A $?",
+            "dd if=/dev/zero of=/dev/vdc bs=4096 count=1 conv=fsync 2>/dev/null; echo BLK-WROTE-C $?",
+            "echo BLK-SHA-A $(head -c \(patternBytes) /dev/vda | sha256sum)",
+            "sync",
+        ].joined(separator: "; ")
+        let cmdline = "console=ttyS0 panic=-1 quiet svmm_cmd=\"\(guest)\""
+        let svmm = "'\(svmmPath)' boot --memory 256M --timeout 500s"
+        let script = """
+            cd '\(dir)'
+            \(svmm) --disk a.img,serial=disk-a --disk b.img,serial=disk-b,ro --disk c.img,ro,serial=disk-c \\
+                --disk d.img,serial=svmm-serial-0123456 --cmdline '\(cmdline.replacingOccurrences(of: "'", with: "'\\''"))' </dev/null
+            echo "=== status $?"
+            # A second svmm on an image the first is writing: refused, the first runs on.
+            \(svmm) --disk e.img --cmdline 'console=ttyS0 panic=-1 quiet svmm_cmd="sleep 5"' </dev/null >first.out 2>&1 &
+            first=$!
+            sleep 3
+            \(svmm) --disk e.img </dev/null 2>second.err >/dev/null
+            echo "=== second $?"
+            wait $first
+            echo "=== first $?"
+            echo "=== second stderr"; cat second.err
+            """
+        let r = try sandbox(["--timeout", "1500", "--", "sh", "-c", script])
+        func number(after marker: String) -> Int32 {
+            guard let range = r.stdout.range(of: marker) else { return -1 }
+            return Int32(r.stdout[range.upperBound...].prefix { $0.isNumber }) ?? -1
+        }
+        let secondErr = r.stdout.components(separatedBy: "=== second stderr\n").dropFirst().first ?? ""
+        let roAfter = (try sha256(dir + "/c.img"), try FileManager.default.attributesOfItem(atPath: dir + "/c.img")[.modificationDate] as? Date)
+        let written = (try sha256(dir + "/a.img", bytes: patternBytes), try FileManager.default.attributesOfItem(atPath: dir + "/a.img")[.size] as? Int)
+        try? FileManager.default.removeItem(atPath: dir)
+        return Session(stdout: r.stdout, stderr: r.stderr, status: number(after: "=== status "),
+                       second: (number(after: "=== second "), secondErr, number(after: "=== first ")),
+                       roBefore: roBefore, roAfter: roAfter, hostPatternSHA: hostPatternSHA, written: written)
+    }
+
+    func line(_ s: Session, _ prefix: String) -> String {
+        s.stdout.split(whereSeparator: \.isNewline).first { $0.hasPrefix(prefix) }.map(String.init) ?? "(no \(prefix) line)"
+    }
+
+    @Test func theGuestsWritesReachTheHostFileAndTheHostsPatternReadsBack() throws {
+        let s = try Self.session.get()
+        #expect(s.status == 0, "stdout: \(s.stdout.suffix(3000)) stderr: \(s.stderr)")
+        #expect(line(s, "BLK-WROTE-A") == "BLK-WROTE-A 0")
+        let expected = try runProgram("/bin/sh", ["-c", "yes \(Self.pattern) | head -c \(Self.patternBytes) | sha256sum"]).stdout.prefix(64)
+        #expect(s.written.sha == String(expected))
+        #expect(line(s, "BLK-SHA-A").hasPrefix("BLK-SHA-A \(expected)"))
+        #expect(line(s, "BLK-SHA-B").hasPrefix("BLK-SHA-B \(s.hostPatternSHA)"), "\(line(s, "BLK-SHA-B"))")
+        #expect(s.written.size == 8 << 20)
+    }
+
+    @Test func aReadOnlyDiskIsReadOnlyInTheGuestAndUntouchedOnTheHost() throws {
+        let s = try Self.session.get()
+        #expect(line(s, "BLK-SERIAL vdc") == "BLK-SERIAL vdc disk-c ro=1")
+        #expect(line(s, "BLK-WROTE-C") != "BLK-WROTE-C 0", "the guest's write to the read-only disk succeeded")
+        #expect(s.roAfter.sha == s.roBefore.sha)
+        #expect(s.roAfter.mtime == s.roBefore.mtime)
+    }
+
+    @Test func fourDisksInOrderEachWithItsSerial() throws {
+        let s = try Self.session.get()
+        #expect(line(s, "BLK-SERIAL vda") == "BLK-SERIAL vda disk-a ro=0")
+        #expect(line(s, "BLK-SERIAL vdb") == "BLK-SERIAL vdb disk-b ro=1")
+        #expect(line(s, "BLK-SERIAL vdd") == "BLK-SERIAL vdd svmm-serial-0123456 ro=0")
+    }
+
+    @Test func aSecondSvmmWritingTheSameImageIsRefusedAndTheFirstRunsOn() throws {
+        let s = try Self.session.get()
+        #expect(s.second.status == 75, "stdout: \(s.stdout.suffix(2000))")
+        #expect(s.second.stderr.hasPrefix("svmm: error: disk e.img is in use by another process"), "\(s.second.stderr)")
+        #expect(s.second.stderr.split(separator: "\n").count == 1, "\(s.second.stderr)")
+        #expect(s.second.first == 0, "the first svmm: \(s.stdout.suffix(2000))")
+    }
+
+    /// Bad disks, on this host (svmm checks them before it opens /dev/kvm):
+    /// one line naming the disk and what is wrong, a distinct status, and
+    /// nothing created.
+    @Test func aBadDiskIsOneLineAndADistinctStatus() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("svmm-baddisk-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let cases: [(String, Int32, String)] = [
+            (dir + "/missing.img", 66, "svmm: error: cannot open disk \(dir)/missing.img: No such file or directory"),
+            (dir, 66, "svmm: error: cannot open disk \(dir): Is a directory"),
+            ("/dev/null", 66, "svmm: error: disk /dev/null is neither a regular file nor a block device"),
+        ]
+        for (spec, status, message) in cases {
+            let r = try runProgram(svmmPath, ["boot", "--disk", spec])
+            #expect(r.status == status && r.stderr == message + "\n", "\(spec): \(r.status) \(r.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/missing.img"))
+        let bad = try runProgram(svmmPath, ["boot", "--disk", dir + "/x.img,cache=none"])
+        #expect(bad.status == 64 && bad.stderr.contains("cache must be writeback or unsafe"), "\(bad.stderr)")
+    }
+}
