@@ -2,7 +2,7 @@
 import PackageDescription
 
 // The targets are the layers of docs/ARCHITECTURE.md; each knows only the
-// ones below it: CKVM → KVM; CHost → VMCore → Virtio; Stats;
+// ones below it: CKVM → KVM; CHost, CAIO → VMCore → Virtio; Stats;
 // Machine (the board) → svmm (the command line).
 let package = Package(
     name: "svmm",
@@ -25,11 +25,13 @@ let package = Package(
             name: "CCompression",
             providers: [.apt(["zlib1g-dev", "liblzma-dev", "liblz4-dev", "libzstd-dev", "libbz2-dev"])]
         ),
+        // The system libaio (virtio-blk's asynchronous disk I/O).
+        .systemLibrary(name: "CAIO", providers: [.apt(["libaio-dev"])]),
         // Swift API over /dev/kvm: VM, vCPU, exits, registers, routing, statistics.
         .target(name: "KVM", dependencies: ["CKVM", .product(name: "SystemPackage", package: "swift-system")]),
         // What every device stands on, KVM-free: guest memory, the buses (port,
         // MMIO, PCI configuration), event fds, host I/O, the console output sink.
-        .target(name: "VMCore", dependencies: ["CHost", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "VMCore", dependencies: ["CHost", "CAIO", .product(name: "SystemPackage", package: "swift-system")]),
         // virtio 1.2: virtqueues, the PCI transport, devices, their fuzz targets.
         // Interrupts leave through MSIXDelivery, which the board implements.
         .target(name: "Virtio", dependencies: ["VMCore", .product(name: "SystemPackage", package: "swift-system")]),

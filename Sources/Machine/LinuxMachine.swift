@@ -49,7 +49,7 @@ public final class LinuxMachine: Sendable {
             try b.addVirtio(VirtioConsole(input: consoleInput, output: output), name: "virtio-console")
         }
         if config.entropy { try b.addVirtio(VirtioRNG(), name: "virtio-rng") }
-        for (i, disk) in config.disks.enumerated() { try b.addVirtio(VirtioBlock(disk: disk), name: "virtio-blk\(i)") }
+        for (i, disk) in config.disks.enumerated() { try b.addVirtio(VirtioBlock(disk: disk, queues: config.cpus), name: "virtio-blk\(i)") }
         b.addPCIHostBridge()
 
         let supported = try b.hypervisor.supportedCPUID()

@@ -47,7 +47,8 @@ public final class DiskImage: @unchecked Sendable {
     /// Whether the image is a host block device (discard and write-zeroes
     /// then go through the block layer's ioctls).
     public let isBlockDevice: Bool
-    let fd: Int32
+    /// The open image, for I/O submitted elsewhere (AsyncIO).
+    public let fd: Int32
 
     /// Opens and locks the image; on any failure nothing stays open or locked.
     public init(_ options: Options) throws(DiskError) {

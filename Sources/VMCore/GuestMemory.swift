@@ -138,6 +138,20 @@ public final class GuestMemory: @unchecked Sendable {
         throw GuestMemoryError(address: address, length: length)
     }
 
+    /// The host address of `count` bytes at `address`, for I/O the host
+    /// kernel does asynchronously (AsyncIO): with KVM's memory slots, the one
+    /// pointer into guest RAM that outlives the call that made it.
+    ///
+    /// SAFETY: the range was checked to lie in one region; the mapping lives
+    /// as long as this object, and the caller holds this object (through its
+    /// virtqueues) until every operation using the address has completed:
+    /// virtio-blk waits for its operations in flight before a reset, a pause
+    /// and its own end.
+    public func ioVector(at address: UInt64, count: Int) throws(GuestMemoryError) -> iovec {
+        let b = try checked(address, count)
+        return iovec(iov_base: b.baseAddress, iov_len: b.count)
+    }
+
     /// Gives the pages of a page-aligned range back to the host; they read
     /// as zero afterwards, as untouched RAM does.
     public func discard(_ range: Range<UInt64>) throws(GuestMemoryError) {

@@ -2,7 +2,17 @@ import Synchronization
 import VMCore
 
 /// virtio-blk (virtio 1.2 §5.2) on a `DiskImage`: IN, OUT, FLUSH, GET_ID,
-/// DISCARD and WRITE_ZEROES on one request queue.
+/// DISCARD and WRITE_ZEROES, on one request queue per vCPU
+/// (`VIRTIO_BLK_F_MQ`).
+///
+/// Reads and writes go to the host kernel through libaio (`AsyncIO`), many
+/// in flight at once, straight between the image and guest RAM; their
+/// completions wake the device thread through an eventfd, which then
+/// answers the guest. FLUSH is an fdatasync that returns before the guest
+/// hears of it (it covers every write the guest has seen complete);
+/// GET_ID, DISCARD and WRITE_ZEROES are served at once. Where the host
+/// refuses an asynchronous context (io_setup), requests are served
+/// synchronously on the device thread.
 ///
 /// Every request is checked before the disk is touched: the header must be
 /// whole, data lengths whole sectors, every range inside the disk (a request
@@ -11,12 +21,27 @@ import VMCore
 /// the last byte of the last device-writable buffer, and a chain without one
 /// is returned unanswered (nothing to report a status in). A malformed
 /// request gets IOERR or UNSUPP, never a crash.
-public final class VirtioBlock: VirtioDevice {
+public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
+    // SAFETY (@unchecked Sendable): `pending` and the AsyncIO are touched only
+    // while the transport serves this device (its device thread, or a caller
+    // holding its queue lock: pause, reset after the queues stopped); the
+    // rest is immutable or atomic.
     public let deviceID: UInt16 = 2
     public let pciClass: UInt32 = 0x01_0000        // mass storage controller, as QEMU's virtio-blk-pci
     public let deviceFeatures: UInt64
-    public let queueMaxSizes: [UInt16] = [VirtioBlock.queueSize]
+    public let queueMaxSizes: [UInt16]
     public let disk: DiskImage
+    /// Reads and writes in flight (nil: served synchronously).
+    let aio: AsyncIO?
+    /// What each AsyncIO slot's operation answers when it completes.
+    var pending: [Pending?]
+    struct Pending {
+        let queue: Int
+        let head: UInt16
+        let status: UInt64
+        let bytes: Int
+        let read: Bool
+    }
     /// The disk's size in 512-byte sectors (a partial last sector is not used).
     public let capacity: UInt64
     let config: [UInt8]
@@ -36,11 +61,15 @@ public final class VirtioBlock: VirtioDevice {
     /// At most this many sectors in one DISCARD or WRITE_ZEROES segment (1 GiB).
     static let maxRangeSectors: UInt32 = 1 << 21
 
+    /// Reads and writes in flight per device, all queues together.
+    static let inFlightLimit = 128
+
     public enum Feature {
         public static let segmentMax: UInt64 = 1 << 2
         public static let readOnly: UInt64 = 1 << 5
         public static let blockSize: UInt64 = 1 << 6
         public static let flush: UInt64 = 1 << 9
+        public static let multiQueue: UInt64 = 1 << 12
         public static let discard: UInt64 = 1 << 13
         public static let writeZeroes: UInt64 = 1 << 14
     }
@@ -53,10 +82,17 @@ public final class VirtioBlock: VirtioDevice {
         case ok = 0, ioError = 1, unsupported = 2
     }
 
-    public init(disk: DiskImage) {
+    /// `queues` request queues (Linux gives each a vCPU, or several);
+    /// `asynchronous: false` serves every request on the device thread.
+    public init(disk: DiskImage, queues: Int = 1, asynchronous: Bool = true) {
         self.disk = disk
         capacity = disk.size / Self.sectorSize
+        let queues = max(1, min(queues, 64))
+        queueMaxSizes = Array(repeating: Self.queueSize, count: queues)
+        aio = asynchronous ? try? AsyncIO(depth: Self.inFlightLimit, maxVectors: Int(Self.queueSize)) : nil
+        pending = Array(repeating: nil, count: Self.inFlightLimit)
         var features = Feature.segmentMax | Feature.blockSize | Feature.flush | Feature.writeZeroes
+        if queues > 1 { features |= Feature.multiQueue }
         if disk.options.readOnly { features |= Feature.readOnly }
         if disk.options.discard { features |= Feature.discard }
         deviceFeatures = features
@@ -68,7 +104,7 @@ public final class VirtioBlock: VirtioDevice {
         put(capacity, at: 0)
         put(UInt32(Self.queueSize) - 2, at: 12)            // seg_max: data segments besides header and status
         put(UInt32(Self.sectorSize), at: 20)                // blk_size
-        put(UInt16(1), at: 34)                              // num_queues
+        put(UInt16(queues), at: 34)                         // num_queues
         put(Self.maxRangeSectors, at: 36)                   // max_discard_sectors
         put(UInt32(1), at: 40)                              // max_discard_seg
         put(UInt32(4096 / Self.sectorSize), at: 44)        // discard_sector_alignment: a host page
@@ -88,14 +124,58 @@ public final class VirtioBlock: VirtioDevice {
     public func writeConfig(offset: Int, data: UnsafeRawBufferPointer) {}   // nothing writable (no CONFIG_WCE)
 
     public func process(queue index: Int, _ queue: Virtqueue, context: VirtioQueueContext) throws(VirtqueueError) {
-        while let chain = try queue.pop() {
-            queue.push(head: chain.head, written: serve(chain, memory: queue.memory))
-            context.interruptIfNeeded(queue, index: index)
+        // With every slot taken, the rest waits in the ring: completions
+        // free slots and look at the queues again (inputReady).
+        while aio?.hasFreeSlot ?? true, let chain = try queue.pop() {
+            if let written = serve(chain, queue: index, memory: queue.memory) {
+                queue.push(head: chain.head, written: written)
+                context.interruptIfNeeded(queue, index: index)
+            }
         }
     }
 
-    /// Serves one request; the bytes written into the guest's buffers (data and status).
-    func serve(_ chain: DescriptorChain, memory: GuestMemory) -> UInt32 {
+    public var inputFD: Int32? { aio?.completions.fd }
+    public var wantsInput: Bool { (aio?.inFlight ?? 0) > 0 }
+
+    /// Answers the reads and writes that completed, then takes more requests.
+    public func inputReady(queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError) {
+        complete(queues: queues, context: context, wait: false)
+        for (i, q) in queues.enumerated() {
+            if let q { try process(queue: i, q, context: context) }
+        }
+    }
+
+    /// Answers completed operations; with `wait`, every one in flight.
+    func complete(queues: [Virtqueue?], context: VirtioQueueContext, wait: Bool) {
+        guard let aio else { return }
+        let answer = { (slot: Int, result: Int) in
+            guard let p = self.pending[slot] else { return }
+            self.pending[slot] = nil
+            let ok = result == p.bytes
+            if !ok { self.counters.errors.add(1, ordering: .relaxed) }
+            guard p.queue < queues.count, let q = queues[p.queue] else { return }
+            try? q.memory.store(ok ? Status.ok.rawValue : Status.ioError.rawValue, at: p.status)
+            q.push(head: p.head, written: (ok && p.read ? UInt32(p.bytes) : 0) + 1)
+            context.interruptIfNeeded(q, index: p.queue)
+        }
+        if wait { aio.waitForAll(answer) } else { aio.reap(answer) }
+    }
+
+    /// Waits for the operations in flight and answers them: the device is
+    /// quiescent when this returns (a pause), and guest RAM no longer in use.
+    public func quiesce(queues: [Virtqueue?], context: VirtioQueueContext) {
+        complete(queues: queues, context: context, wait: true)
+    }
+
+    /// A reset: the operations in flight finish, unanswered (the driver has
+    /// forgotten its queues).
+    public func reset() {
+        aio?.waitForAll { slot, _ in pending[slot] = nil }
+    }
+
+    /// Serves one request, or starts it; the bytes written into the guest's
+    /// buffers (data and status), or nil for a read or write now in flight.
+    func serve(_ chain: DescriptorChain, queue: Int = 0, memory: GuestMemory) -> UInt32? {
         counters.requests.add(1, ordering: .relaxed)
         guard let last = chain.writable.last else {
             counters.errors.add(1, ordering: .relaxed)
@@ -103,48 +183,70 @@ public final class VirtioBlock: VirtioDevice {
         }
         var output = chain.writable
         output[output.count - 1] = VirtqueueBuffer(address: last.address, length: last.length - 1)
-        let (status, written) = perform(chain.readable, output: output, memory: memory)
+        let statusAddress = last.address + UInt64(last.length) - 1
+        let (status, written): (Status, UInt32)
+        switch plan(chain.readable, output: output, memory: memory) {
+        case .answer(let s, let n):
+            (status, written) = (s, n)
+        case .transfer(let read, let offset, let buffers):
+            if let aio, let vectors = try? buffers.map({ b throws(GuestMemoryError) in try memory.ioVector(at: b.address, count: Int(b.length)) }),
+               let slot = aio.submit(read ? .read : .write, fd: disk.fd, buffers: vectors, offset: offset) {
+                pending[slot] = Pending(queue: queue, head: chain.head, status: statusAddress,
+                                        bytes: Int(Self.length(buffers)), read: read)
+                return nil
+            }
+            (status, written) = transfer(read: read, offset: offset, buffers: buffers, memory: memory)
+        }
         switch status {
         case .ok: break
         case .ioError: counters.errors.add(1, ordering: .relaxed)
         case .unsupported: counters.unsupported.add(1, ordering: .relaxed)
         }
-        try? memory.store(status.rawValue, at: last.address + UInt64(last.length) - 1)
+        try? memory.store(status.rawValue, at: statusAddress)
         return written + 1
     }
 
-    /// The request's outcome and the data bytes written to `output`.
-    func perform(_ input: [VirtqueueBuffer], output: [VirtqueueBuffer], memory: GuestMemory) -> (Status, UInt32) {
-        guard let header = Self.gather(input, count: 16, memory: memory) else { return (.ioError, 0) }
+    /// A read or write done here and now (no asynchronous context).
+    func transfer(read: Bool, offset: UInt64, buffers: [VirtqueueBuffer], memory: GuestMemory) -> (Status, UInt32) {
+        var done: UInt64 = 0
+        for b in buffers {
+            let ok = (try? memory.withBytes(at: b.address, count: Int(b.length)) { view in
+                read ? disk.read(into: view, at: offset + done) == view.count : disk.write(UnsafeRawBufferPointer(view), at: offset + done)
+            }) ?? false
+            guard ok else { return (.ioError, read ? UInt32(done) : 0) }
+            done += UInt64(b.length)
+        }
+        return (.ok, read ? UInt32(done) : 0)
+    }
+
+    /// What a request asks for: an answer now, or a transfer between the
+    /// disk and these (checked) guest buffers.
+    enum Plan {
+        case answer(Status, UInt32)
+        case transfer(read: Bool, offset: UInt64, buffers: [VirtqueueBuffer])
+    }
+
+    /// The request's plan; an answer carries the data bytes written to `output`.
+    func plan(_ input: [VirtqueueBuffer], output: [VirtqueueBuffer], memory: GuestMemory) -> Plan {
+        guard let header = Self.gather(input, count: 16, memory: memory) else { return .answer(.ioError, 0) }
         let type = LittleEndian.load(UInt32.self, from: header, at: 0)
         let sector = LittleEndian.load(UInt64.self, from: header, at: 8)
         let payload = Self.skip(input, bytes: 16)
-        guard let request = RequestType(rawValue: type) else { return (.unsupported, 0) }
+        guard let request = RequestType(rawValue: type) else { return .answer(.unsupported, 0) }
         switch request {
         case .read:
-            guard Self.length(output) < UInt64(UInt32.max), let offset = range(sector, bytes: Self.length(output)) else {
-                return (.ioError, 0)
+            let data = output.filter { $0.length > 0 }
+            guard Self.length(data) < UInt64(UInt32.max), let offset = range(sector, bytes: Self.length(data)) else {
+                return .answer(.ioError, 0)
             }
-            var done: UInt64 = 0
-            for b in output where b.length > 0 {
-                let n = (try? memory.withBytes(at: b.address, count: Int(b.length)) { disk.read(into: $0, at: offset + done) }) ?? 0
-                done += UInt64(n)
-                if n < Int(b.length) { return (.ioError, UInt32(done)) }
-            }
-            return (.ok, UInt32(done))
+            return data.isEmpty ? .answer(.ok, 0) : .transfer(read: true, offset: offset, buffers: data)
         case .write:
-            guard !disk.options.readOnly, let offset = range(sector, bytes: Self.length(payload)) else { return (.ioError, 0) }
-            var done: UInt64 = 0
-            for b in payload {
-                let ok = (try? memory.withBytes(at: b.address, count: Int(b.length)) { disk.write(UnsafeRawBufferPointer($0), at: offset + done) }) ?? false
-                guard ok else { return (.ioError, 0) }
-                done += UInt64(b.length)
-            }
-            return (.ok, 0)
+            guard !disk.options.readOnly, let offset = range(sector, bytes: Self.length(payload)) else { return .answer(.ioError, 0) }
+            return payload.isEmpty ? .answer(.ok, 0) : .transfer(read: false, offset: offset, buffers: payload)
         case .flush:
-            guard disk.flush() else { return (.ioError, 0) }
+            guard disk.flush() else { return .answer(.ioError, 0) }
             counters.flushes.add(1, ordering: .relaxed)
-            return (.ok, 0)
+            return .answer(.ok, 0)
         case .getID:
             // Up to 20 bytes, NUL-padded (Linux reads the serial up to the first NUL).
             var id = Array((disk.options.serial ?? "").utf8.prefix(20))
@@ -152,25 +254,25 @@ public final class VirtioBlock: VirtioDevice {
             var done = 0
             for b in output where done < id.count {
                 let n = min(Int(b.length), id.count - done)
-                guard (try? memory.write(id[done..<done + n], at: b.address)) != nil else { return (.ioError, UInt32(done)) }
+                guard (try? memory.write(id[done..<done + n], at: b.address)) != nil else { return .answer(.ioError, UInt32(done)) }
                 done += n
             }
-            return (.ok, UInt32(done))
+            return .answer(.ok, UInt32(done))
         case .discard, .writeZeroes:
-            if request == .discard, !disk.options.discard { return (.unsupported, 0) }
-            guard !disk.options.readOnly else { return (.ioError, 0) }
+            if request == .discard, !disk.options.discard { return .answer(.unsupported, 0) }
+            guard !disk.options.readOnly else { return .answer(.ioError, 0) }
             // One segment: le64 sector, le32 num_sectors, le32 flags (bit 0: unmap).
-            guard Self.length(payload) == 16, let segment = Self.gather(payload, count: 16, memory: memory) else { return (.ioError, 0) }
+            guard Self.length(payload) == 16, let segment = Self.gather(payload, count: 16, memory: memory) else { return .answer(.ioError, 0) }
             let start = LittleEndian.load(UInt64.self, from: segment, at: 0)
             let count = LittleEndian.load(UInt32.self, from: segment, at: 8)
             let flags = LittleEndian.load(UInt32.self, from: segment, at: 12)
-            guard flags & ~1 == 0, request == .writeZeroes || flags == 0 else { return (.unsupported, 0) }
-            guard count <= Self.maxRangeSectors, let offset = range(start, bytes: UInt64(count) * Self.sectorSize) else { return (.ioError, 0) }
+            guard flags & ~1 == 0, request == .writeZeroes || flags == 0 else { return .answer(.unsupported, 0) }
+            guard count <= Self.maxRangeSectors, let offset = range(start, bytes: UInt64(count) * Self.sectorSize) else { return .answer(.ioError, 0) }
             let bytes = UInt64(count) * Self.sectorSize
             let ok = request == .discard
                 ? disk.discard(at: offset, count: bytes)
                 : disk.writeZeroes(at: offset, count: bytes, unmap: flags & 1 != 0)
-            return (ok ? .ok : .ioError, 0)
+            return .answer(ok ? .ok : .ioError, 0)
         }
     }
 

@@ -46,6 +46,9 @@ public protocol VirtioDevice: AnyObject, Sendable {
     var wantsInput: Bool { get }
     /// Called on the device thread when `inputFD` is readable; `queues` are the active queues.
     func inputReady(queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError)
+    /// Finishes whatever it has in flight (a pause): when this returns the
+    /// device touches neither guest RAM nor the queues until it is served again.
+    func quiesce(queues: [Virtqueue?], context: VirtioQueueContext)
     /// Forgets everything the driver set up (device reset).
     func reset()
 }
@@ -54,5 +57,6 @@ extension VirtioDevice {
     public var inputFD: Int32? { nil }
     public var wantsInput: Bool { false }
     public func inputReady(queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError) {}
+    public func quiesce(queues: [Virtqueue?], context: VirtioQueueContext) {}
     public func reset() {}
 }

@@ -217,7 +217,11 @@ public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, 
     public func pause() {
         paused.store(true, ordering: .releasing)
         control.signal()
-        active.withLock { _ in }   // waits out a service() in progress
+        // Waits out a service() in progress, then lets the device finish
+        // what it has in flight (virtio-blk's reads and writes).
+        active.withLock { queues in
+            if let queues { device.quiesce(queues: queues, context: self) }
+        }
     }
 
     /// Continues after `pause()`, looking at every queue once: notifications

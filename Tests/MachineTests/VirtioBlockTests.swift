@@ -37,6 +37,8 @@ import Testing
         try d.makeAvailable(0)
         let q = try d.queue()
         try device.process(queue: 0, q, context: Context())
+        device.quiesce(queues: [q], context: Context())      // the reads and writes in flight complete
+        #expect(d.usedIdx == 1, "the request was not answered")
         let (_, used) = try d.usedElement(0)
         return (withStatus ? try memory.load(UInt8.self, at: Self.status) : nil, used)
     }
@@ -52,9 +54,12 @@ import Testing
 
     func fileBytes(_ path: String) throws -> [UInt8] { [UInt8](try Data(contentsOf: URL(fileURLWithPath: path))) }
 
-    @Test func writesReachTheFileAndReadsComeBack() throws {
+    /// Through libaio (in flight, answered on completion) and synchronously.
+    @Test(arguments: [true, false])
+    func writesReachTheFileAndReadsComeBack(asynchronous: Bool) throws {
         try withImage { path in
-            let blk = VirtioBlock(disk: try DiskImage(.init(path: path)))
+            let blk = VirtioBlock(disk: try DiskImage(.init(path: path)), asynchronous: asynchronous)
+            #expect((blk.aio != nil) == asynchronous)
             #expect(blk.capacity == 2048)
             let pattern = (0..<1024).map { UInt8(truncatingIfNeeded: $0 * 7 + 3) }
             try memory.write(pattern, at: Self.data)
@@ -71,10 +76,11 @@ import Testing
         }
     }
 
-    @Test func nothingIsWrittenOutsideTheDisk() throws {
+    @Test(arguments: [true, false])
+    func nothingIsWrittenOutsideTheDisk(asynchronous: Bool) throws {
         try withImage { path in
             let before = try fileBytes(path)
-            let blk = VirtioBlock(disk: try DiskImage(.init(path: path)))
+            let blk = VirtioBlock(disk: try DiskImage(.init(path: path)), asynchronous: asynchronous)
             // Past the end, straddling the end, a sector number that overflows, a partial sector.
             for (sector, length) in [(2048, 512), (2047, 1024), (UInt64.max / 512 + 1, 512), (0, 100)] as [(UInt64, UInt32)] {
                 let w = try request(blk, type: 1, sector: sector, data: [(Self.data, length, false)])

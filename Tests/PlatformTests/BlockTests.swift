@@ -41,6 +41,7 @@ import Testing
         let hostPatternSHA = try sha256(dir + "/b.img")
         let guest = [
             "for d in vda vdb vdc vdd; do echo BLK-SERIAL $d $(cat /sys/block/$d/serial) ro=$(cat /sys/block/$d/ro); done",
+            "echo BLK-MQ $(ls /sys/block/vda/mq | wc -l)",
             "echo BLK-SHA-B $(dd if=/dev/vdb bs=65536 2>/dev/null | sha256sum)",
             "yes \(pattern) | head -c \(patternBytes) | dd of=/dev/vda bs=65536 conv=fsync 2>/dev/null; echo BLK-WROTE-A $?",
             "dd if=/dev/zero of=/dev/vdc bs=4096 count=1 conv=fsync 2>/dev/null; echo BLK-WROTE-C $?",
@@ -51,7 +52,7 @@ import Testing
         let svmm = "'\(svmmPath)' boot --memory 256M --timeout 500s"
         let script = """
             cd '\(dir)'
-            \(svmm) --disk a.img,serial=disk-a --disk b.img,serial=disk-b,ro --disk c.img,ro,serial=disk-c \\
+            \(svmm) --cpus 2 --disk a.img,serial=disk-a --disk b.img,serial=disk-b,ro --disk c.img,ro,serial=disk-c \\
                 --disk d.img,serial=svmm-serial-0123456 --cmdline '\(cmdline.replacingOccurrences(of: "'", with: "'\\''"))' </dev/null
             echo "=== status $?"
             # A second svmm on an image the first is writing: refused, the first runs on.
@@ -101,8 +102,10 @@ import Testing
         #expect(s.roAfter.mtime == s.roBefore.mtime)
     }
 
+    /// Also: with 2 vCPUs, 2 request queues (blk-mq hardware contexts).
     @Test func fourDisksInOrderEachWithItsSerial() throws {
         let s = try Self.session.get()
+        #expect(line(s, "BLK-MQ") == "BLK-MQ 2")
         #expect(line(s, "BLK-SERIAL vda") == "BLK-SERIAL vda disk-a ro=0")
         #expect(line(s, "BLK-SERIAL vdb") == "BLK-SERIAL vdb disk-b ro=1")
         #expect(line(s, "BLK-SERIAL vdd") == "BLK-SERIAL vdd svmm-serial-0123456 ro=0")
