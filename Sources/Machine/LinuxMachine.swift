@@ -18,6 +18,8 @@ public final class LinuxMachine: Sendable {
     public let machine: RunningMachine
     /// KVM's statistics for the VM, when `config.kvmStatistics` asked for them.
     public let vmStats: KVMStats?
+    /// The virtio-blk devices, in `config.disks` order.
+    public let disks: [VirtioBlock]
 
     /// Builds the machine and loads the kernel; nothing runs yet.
     /// `consoleOutput` gets COM1's bytes; `virtioConsoleOutput` the
@@ -49,7 +51,8 @@ public final class LinuxMachine: Sendable {
             try b.addVirtio(VirtioConsole(input: consoleInput, output: output), name: "virtio-console")
         }
         if config.entropy { try b.addVirtio(VirtioRNG(), name: "virtio-rng") }
-        for (i, disk) in config.disks.enumerated() { try b.addVirtio(VirtioBlock(disk: disk, queues: config.cpus), name: "virtio-blk\(i)") }
+        disks = config.disks.map { VirtioBlock(disk: $0, queues: config.cpus) }
+        for (i, disk) in disks.enumerated() { try b.addVirtio(disk, name: "virtio-blk\(i)") }
         b.addPCIHostBridge()
 
         let supported = try b.hypervisor.supportedCPUID()

@@ -101,7 +101,7 @@ struct Boot: ParsableCommand {
     @Flag(help: "Print on stderr how long svmm's own setup took and when the guest reached its boot marker (123 written to MMIO 0xD0000000).")
     var bootTime = false
 
-    @Flag(help: "Print on stderr how many exits to userspace the guest caused, by reason, port and MMIO address.")
+    @Flag(help: "Print on stderr how many exits to userspace the guest caused, by reason, port and MMIO address, and each disk's requests, flushes and errors.")
     var exitStats = false
 
     @OptionGroup(title: "Exit telemetry")
@@ -222,7 +222,15 @@ struct Boot: ParsableCommand {
         let outcome: MachineExit
         do { outcome = try result.get() } catch { fail("\(error)", .failure) }
         session?.finish()
-        if exitStats { Messages.line("svmm: " + StatsSummary.oneLine(machine.telemetry.map { $0.sample() })) }
+        if exitStats {
+            Messages.line("svmm: " + StatsSummary.oneLine(machine.telemetry.map { $0.sample() }))
+            for (i, d) in machine.disks.enumerated() {
+                let c = d.counters
+                Messages.line("svmm: disk \(i) \(d.disk.options.path): \(c.requests.load(ordering: .relaxed)) requests, "
+                    + "\(c.flushes.load(ordering: .relaxed)) flushes synced, \(c.errors.load(ordering: .relaxed)) errors, "
+                    + "\(c.unsupported.load(ordering: .relaxed)) unsupported")
+            }
+        }
         // Output flushed, stats written: the VM's teardown (the irqchip's, ~10 ms) need not delay the exit.
         detachTeardown()
         switch outcome {

@@ -8,6 +8,8 @@ import Testing
 @Suite(.serialized) struct BlockTests {
     static let pattern = "svmm-block-pattern"
     static let patternBytes = 4 << 20
+    static let killPattern = "svmm-survives-sigkill"
+    static let killBytes = 1 << 20
 
     struct Session {
         let stdout: String
@@ -20,6 +22,8 @@ import Testing
         let hostPatternSHA: String
         /// a.img afterwards: the sha256 of its first `patternBytes`, and its size.
         let written: (sha: String, size: Int?)
+        /// k.img's first `killBytes` after svmm was killed, and svmm's status.
+        let killed: (sha: String, status: Int32)
     }
 
     static func sha256(_ path: String, bytes: Int? = nil) throws -> String {
@@ -33,7 +37,7 @@ import Testing
         // a: written by the guest; b: a host pattern the guest reads; c: read-only; d: serial only.
         let setup = """
             cd '\(dir)' && truncate -s 8M a.img && head -c 4194304 /dev/urandom > b.img &&
-            head -c 2097152 /dev/urandom > c.img && truncate -s 1M d.img && truncate -s 1M e.img
+            head -c 2097152 /dev/urandom > c.img && truncate -s 1M d.img && truncate -s 1M e.img && truncate -s 2M k.img
             """
         let made = try runProgram("/bin/sh", ["-c", setup])
         guard made.status == 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSLocalizedDescriptionKey: "cannot make the images in \(dir): \(made.stderr)"]) }
@@ -47,12 +51,14 @@ import Testing
             "dd if=/dev/zero of=/dev/vdc bs=4096 count=1 conv=fsync 2>/dev/null; echo BLK-WROTE-C $?",
             "echo BLK-SHA-A $(head -c \(patternBytes) /dev/vda | sha256sum)",
             "sync",
+            "echo BLK-FLUSHES-A $(awk '{print $16}' /sys/block/vda/stat)",
         ].joined(separator: "; ")
         let cmdline = "console=ttyS0 panic=-1 quiet svmm_cmd=\"\(guest)\""
         let svmm = "'\(svmmPath)' boot --memory 256M --timeout 500s"
+        let killScript = "yes \(killPattern) | head -c \(killBytes) >/dev/vda; sync; echo BLK-SYNCED; sleep 600"
         let script = """
             cd '\(dir)'
-            \(svmm) --cpus 2 --disk a.img,serial=disk-a --disk b.img,serial=disk-b,ro --disk c.img,ro,serial=disk-c \\
+            \(svmm) --cpus 2 --exit-stats --disk a.img,serial=disk-a --disk b.img,serial=disk-b,ro --disk c.img,ro,serial=disk-c \\
                 --disk d.img,serial=svmm-serial-0123456 --cmdline '\(cmdline.replacingOccurrences(of: "'", with: "'\\''"))' </dev/null
             echo "=== status $?"
             # A second svmm on an image the first is writing: refused, the first runs on.
@@ -63,6 +69,12 @@ import Testing
             echo "=== second $?"
             wait $first
             echo "=== first $?"
+            # Durability: killed (SIGKILL) as soon as the guest's sync has returned.
+            \(svmm) --disk k.img --cmdline 'console=ttyS0 panic=-1 quiet svmm_cmd="\(killScript)"' </dev/null >kill.out 2>&1 &
+            victim=$!
+            i=0; while ! grep -q BLK-SYNCED kill.out && [ $i -lt 3000 ]; do sleep 0.1; i=$((i+1)); done
+            kill -9 $victim; wait $victim
+            echo "=== killed $?"
             echo "=== second stderr"; cat second.err
             """
         let r = try sandbox(["--timeout", "1500", "--", "sh", "-c", script])
@@ -73,10 +85,11 @@ import Testing
         let secondErr = r.stdout.components(separatedBy: "=== second stderr\n").dropFirst().first ?? ""
         let roAfter = (try sha256(dir + "/c.img"), try FileManager.default.attributesOfItem(atPath: dir + "/c.img")[.modificationDate] as? Date)
         let written = (try sha256(dir + "/a.img", bytes: patternBytes), try FileManager.default.attributesOfItem(atPath: dir + "/a.img")[.size] as? Int)
+        let killed = (try sha256(dir + "/k.img", bytes: killBytes), number(after: "=== killed "))
         try? FileManager.default.removeItem(atPath: dir)
         return Session(stdout: r.stdout, stderr: r.stderr, status: number(after: "=== status "),
                        second: (number(after: "=== second "), secondErr, number(after: "=== first ")),
-                       roBefore: roBefore, roAfter: roAfter, hostPatternSHA: hostPatternSHA, written: written)
+                       roBefore: roBefore, roAfter: roAfter, hostPatternSHA: hostPatternSHA, written: written, killed: killed)
     }
 
     func line(_ s: Session, _ prefix: String) -> String {
@@ -117,6 +130,29 @@ import Testing
         #expect(s.second.stderr.hasPrefix("svmm: error: disk e.img is in use by another process"), "\(s.second.stderr)")
         #expect(s.second.stderr.split(separator: "\n").count == 1, "\(s.second.stderr)")
         #expect(s.second.first == 0, "the first svmm: \(s.stdout.suffix(2000))")
+    }
+
+    /// Each guest flush is an fdatasync that returned before the guest saw
+    /// it complete: svmm counts a FLUSH as synced only after fdatasync
+    /// returned, and answers it only then; it counted at least as many as the
+    /// guest saw complete, and no errors.
+    @Test func everyGuestFlushIsASyncThatReturnedFirst() throws {
+        let s = try Self.session.get()
+        let guest = Int(line(s, "BLK-FLUSHES-A ").dropFirst("BLK-FLUSHES-A ".count)) ?? -1
+        #expect(guest >= 1, "\(line(s, "BLK-FLUSHES-A"))")
+        let report = (s.stdout + s.stderr).split(whereSeparator: \.isNewline).first { $0.contains("svmm: disk 0 a.img:") }.map(String.init) ?? ""
+        let synced = report.range(of: "requests, ").flatMap { Int(report[$0.upperBound...].prefix { $0.isNumber }) } ?? -1
+        #expect(synced >= guest, "svmm: \(report); guest: \(guest) flushes")
+        #expect(report.contains(" 0 errors"), "\(report)")
+    }
+
+    /// Data the guest synced survives svmm being killed at once (SIGKILL):
+    /// svmm holds nothing back.
+    @Test func syncedDataSurvivesSIGKILL() throws {
+        let s = try Self.session.get()
+        #expect(s.killed.status == 137, "stdout: \(s.stdout.suffix(1500))")
+        let expected = try runProgram("/bin/sh", ["-c", "yes \(Self.killPattern) | head -c \(Self.killBytes) | sha256sum"]).stdout.prefix(64)
+        #expect(s.killed.sha == String(expected))
     }
 
     /// Bad disks, on this host (svmm checks them before it opens /dev/kvm):
