@@ -40,3 +40,5 @@ int chost_lock_file(int fd, int exclusive) {
     struct flock lock = {.l_type = exclusive ? F_WRLCK : F_RDLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
     return fcntl(fd, F_OFD_SETLK, &lock) == 0 ? 0 : -errno;
 }
+
+int chost_o_direct(void) { return O_DIRECT; }

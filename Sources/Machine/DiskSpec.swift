@@ -1,6 +1,6 @@
 import VMCore
 
-/// `--disk PATH[,ro][,serial=ID][,cache=writeback|unsafe][,discard=on|off]`.
+/// `--disk PATH[,ro][,serial=ID][,cache=writeback|none|unsafe][,discard=on|off]`.
 public enum DiskSpec {
     /// The options one `--disk` names; the error is the one line to print.
     public static func parse(_ spec: String) throws(DiskSpecError) -> DiskImage.Options {
@@ -22,13 +22,13 @@ public enum DiskSpec {
                 options.serial = id
             case ("cache", let mode?):
                 guard let cache = DiskImage.Cache(rawValue: mode) else {
-                    throw DiskSpecError("--disk '\(spec)': cache must be \(DiskImage.Cache.allCases.map(\.rawValue).joined(separator: " or "))")
+                    throw DiskSpecError("--disk '\(spec)': cache must be \(DiskImage.Cache.allCases.map(\.rawValue).joined(separator: ", "))")
                 }
                 options.cache = cache
             case ("discard", "on"?): options.discard = true
             case ("discard", "off"?): options.discard = false
             default:
-                throw DiskSpecError("--disk '\(spec)': unknown option '\(part)' (ro, serial=ID, cache=writeback|unsafe, discard=on|off)")
+                throw DiskSpecError("--disk '\(spec)': unknown option '\(part)' (ro, serial=ID, cache=writeback|none|unsafe, discard=on|off)")
             }
         }
         return options

@@ -190,6 +190,7 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
             (status, written) = (s, n)
         case .transfer(let read, let offset, let buffers):
             if let aio, let vectors = try? buffers.map({ b throws(GuestMemoryError) in try memory.ioVector(at: b.address, count: Int(b.length)) }),
+               vectors.allSatisfy({ disk.isAligned($0.iov_base, count: $0.iov_len) }),
                let slot = aio.submit(read ? .read : .write, fd: disk.fd, buffers: vectors, offset: offset) {
                 pending[slot] = Pending(queue: queue, head: chain.head, status: statusAddress,
                                         bytes: Int(Self.length(buffers)), read: read)
@@ -206,8 +207,13 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
         return written + 1
     }
 
-    /// A read or write done here and now (no asynchronous context).
+    /// A read or write done here and now (no asynchronous context, or guest
+    /// buffers that `cache=none` cannot use as they are).
     func transfer(read: Bool, offset: UInt64, buffers: [VirtqueueBuffer], memory: GuestMemory) -> (Status, UInt32) {
+        let aligned = buffers.allSatisfy { b in
+            (try? memory.withBytes(at: b.address, count: Int(b.length)) { disk.isAligned($0.baseAddress, count: $0.count) }) ?? false
+        }
+        if !aligned { return bounced(read: read, offset: offset, buffers: buffers, memory: memory) }
         var done: UInt64 = 0
         for b in buffers {
             let ok = (try? memory.withBytes(at: b.address, count: Int(b.length)) { view in
@@ -217,6 +223,33 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
             done += UInt64(b.length)
         }
         return (.ok, read ? UInt32(done) : 0)
+    }
+
+    /// The whole request through one aligned buffer (`cache=none` with
+    /// guest buffers not aligned for O_DIRECT): gathered from guest RAM
+    /// before a write, scattered into it after a read.
+    func bounced(read: Bool, offset: UInt64, buffers: [VirtqueueBuffer], memory: GuestMemory) -> (Status, UInt32) {
+        let total = Int(Self.length(buffers))
+        return disk.withAlignedBuffer(total) { scratch in
+            var at = 0
+            if read {
+                guard disk.read(into: scratch, at: offset) == total else { return (.ioError, 0) }
+                for b in buffers {
+                    guard (try? memory.write(UnsafeRawBufferPointer(rebasing: scratch[at..<at + Int(b.length)]), at: b.address)) != nil else {
+                        return (.ioError, UInt32(at))
+                    }
+                    at += Int(b.length)
+                }
+                return (.ok, UInt32(total))
+            }
+            for b in buffers {
+                guard (try? memory.withBytes(at: b.address, count: Int(b.length)) {
+                    UnsafeMutableRawBufferPointer(rebasing: scratch[at..<at + $0.count]).copyMemory(from: UnsafeRawBufferPointer($0))
+                }) != nil else { return (.ioError, 0) }
+                at += Int(b.length)
+            }
+            return disk.write(UnsafeRawBufferPointer(scratch), at: offset) ? (.ok, 0) : (.ioError, 0)
+        }
     }
 
     /// What a request asks for: an answer now, or a transfer between the

@@ -62,8 +62,8 @@ struct Boot: ParsableCommand {
     var pit = false
 
     @Option(name: .customLong("disk"), help: ArgumentHelp(
-        "A disk: PATH[,ro][,serial=ID][,cache=writeback|unsafe][,discard=on|off]; repeat for more.",
-        discussion: "A raw image file or host block device, the guest's vda, vdb, ... in order (virtio-blk). ro: opened read-only, advertised so, writes fail. cache=writeback (default): a guest flush is an fdatasync; unsafe: flushes are acknowledged without syncing. The image is locked while svmm runs: a second svmm writing it is refused (exit 75)."))
+        "A disk: PATH[,ro][,serial=ID][,cache=writeback|none|unsafe][,discard=on|off]; repeat for more.",
+        discussion: "A raw image file or host block device, the guest's vda, vdb, ... in order (virtio-blk). ro: opened read-only, advertised so, writes fail. cache=writeback (default): a guest flush is an fdatasync; none: the same, bypassing the host's page cache (O_DIRECT); unsafe: flushes are acknowledged without syncing. The image is locked while svmm runs: a second svmm writing it is refused (exit 75)."))
     var disks: [String] = []
 
     @Option(help: "Number of vCPUs.")

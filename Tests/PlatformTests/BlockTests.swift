@@ -24,6 +24,8 @@ import Testing
         let written: (sha: String, size: Int?)
         /// k.img's first `killBytes` after svmm was killed, and svmm's status.
         let killed: (sha: String, status: Int32)
+        /// cache=none on L1's tmpfs: svmm's status and stderr.
+        let tmpfs: (status: Int32, stderr: String)
     }
 
     static func sha256(_ path: String, bytes: Int? = nil) throws -> String {
@@ -58,7 +60,7 @@ import Testing
         let killScript = "yes \(killPattern) | head -c \(killBytes) >/dev/vda; sync; echo BLK-SYNCED; sleep 600"
         let script = """
             cd '\(dir)'
-            \(svmm) --cpus 2 --exit-stats --disk a.img,serial=disk-a --disk b.img,serial=disk-b,ro --disk c.img,ro,serial=disk-c \\
+            \(svmm) --cpus 2 --exit-stats --disk a.img,serial=disk-a,cache=none --disk b.img,serial=disk-b,ro,cache=none --disk c.img,ro,serial=disk-c \\
                 --disk d.img,serial=svmm-serial-0123456 --cmdline '\(cmdline.replacingOccurrences(of: "'", with: "'\\''"))' </dev/null
             echo "=== status $?"
             # A second svmm on an image the first is writing: refused, the first runs on.
@@ -75,6 +77,11 @@ import Testing
             i=0; while ! grep -q BLK-SYNCED kill.out && [ $i -lt 3000 ]; do sleep 0.1; i=$((i+1)); done
             kill -9 $victim; wait $victim
             echo "=== killed $?"
+            # cache=none on L1's tmpfs (Linux 6.1: no O_DIRECT): one line, 66.
+            truncate -s 1M /dev/shm/svmm-t.img
+            \(svmm) --disk /dev/shm/svmm-t.img,cache=none </dev/null 2>tmpfs.err >/dev/null
+            echo "=== tmpfs $?"; rm -f /dev/shm/svmm-t.img
+            echo "=== tmpfs stderr"; cat tmpfs.err
             echo "=== second stderr"; cat second.err
             """
         let r = try sandbox(["--timeout", "1500", "--", "sh", "-c", script])
@@ -83,13 +90,15 @@ import Testing
             return Int32(r.stdout[range.upperBound...].prefix { $0.isNumber }) ?? -1
         }
         let secondErr = r.stdout.components(separatedBy: "=== second stderr\n").dropFirst().first ?? ""
+        let tmpfsErr = r.stdout.components(separatedBy: "=== tmpfs stderr\n").dropFirst().first?.components(separatedBy: "=== ").first ?? ""
         let roAfter = (try sha256(dir + "/c.img"), try FileManager.default.attributesOfItem(atPath: dir + "/c.img")[.modificationDate] as? Date)
         let written = (try sha256(dir + "/a.img", bytes: patternBytes), try FileManager.default.attributesOfItem(atPath: dir + "/a.img")[.size] as? Int)
         let killed = (try sha256(dir + "/k.img", bytes: killBytes), number(after: "=== killed "))
         try? FileManager.default.removeItem(atPath: dir)
         return Session(stdout: r.stdout, stderr: r.stderr, status: number(after: "=== status "),
                        second: (number(after: "=== second "), secondErr, number(after: "=== first ")),
-                       roBefore: roBefore, roAfter: roAfter, hostPatternSHA: hostPatternSHA, written: written, killed: killed)
+                       roBefore: roBefore, roAfter: roAfter, hostPatternSHA: hostPatternSHA, written: written, killed: killed,
+                       tmpfs: (number(after: "=== tmpfs "), tmpfsErr))
     }
 
     func line(_ s: Session, _ prefix: String) -> String {
@@ -155,6 +164,16 @@ import Testing
         #expect(s.killed.sha == String(expected))
     }
 
+    /// cache=none where the file system has no O_DIRECT (tmpfs in L1's
+    /// Linux 6.1): one line that says so, status 66. (The four-disk boot
+    /// above runs its written and its host-pattern disks with cache=none.)
+    @Test func cacheNoneOnAFileSystemWithoutDirectIOSaysSo() throws {
+        let s = try Self.session.get()
+        #expect(s.tmpfs.status == 66, "stdout: \(s.stdout.suffix(1500))")
+        #expect(s.tmpfs.stderr == "svmm: error: disk /dev/shm/svmm-t.img: its file system does not support O_DIRECT, which cache=none needs "
+                + "(tmpfs before Linux 6.6); use cache=writeback\n", "\(s.tmpfs.stderr)")
+    }
+
     /// Bad disks, on this host (svmm checks them before it opens /dev/kvm):
     /// one line naming the disk and what is wrong, a distinct status, and
     /// nothing created.
@@ -172,7 +191,7 @@ import Testing
             #expect(r.status == status && r.stderr == message + "\n", "\(spec): \(r.status) \(r.stderr)")
         }
         #expect(!FileManager.default.fileExists(atPath: dir + "/missing.img"))
-        let bad = try runProgram(svmmPath, ["boot", "--disk", dir + "/x.img,cache=none"])
-        #expect(bad.status == 64 && bad.stderr.contains("cache must be writeback or unsafe"), "\(bad.stderr)")
+        let bad = try runProgram(svmmPath, ["boot", "--disk", dir + "/x.img,cache=directsync"])
+        #expect(bad.status == 64 && bad.stderr.contains("cache must be writeback, none, unsafe"), "\(bad.stderr)")
     }
 }

@@ -52,6 +52,8 @@ int chost_fallocate(int fd, int what, int64_t offset, int64_t length);
 // (exclusive = 0) or exclusive; fails at once with -EAGAIN when another
 // description holds a conflicting one.
 int chost_lock_file(int fd, int exclusive);
+// O_DIRECT, for open(2) (a _GNU_SOURCE flag).
+int chost_o_direct(void);
 
 // Hands the process's last references to its files (the VM's fds) and
 // memory to a helper that outlives it: KVM's VM teardown (the irqchip's
