@@ -26,6 +26,8 @@ import Testing
         let killed: (sha: String, status: Int32)
         /// cache=none on L1's tmpfs: svmm's status and stderr.
         let tmpfs: (status: Int32, stderr: String)
+        /// The discard disk's allocated 512-byte blocks before and after the boot.
+        let blocks: (before: Int32, after: Int32)
     }
 
     static func sha256(_ path: String, bytes: Int? = nil) throws -> String {
@@ -48,6 +50,7 @@ import Testing
         let guest = [
             "for d in vda vdb vdc vdd; do echo BLK-SERIAL $d $(cat /sys/block/$d/serial) ro=$(cat /sys/block/$d/ro); done",
             "echo BLK-MQ $(ls /sys/block/vda/mq | wc -l)",
+            "blkdiscard -o 1048576 -l 4194304 /dev/vde; echo BLK-DISCARD $?",
             "echo BLK-SHA-B $(dd if=/dev/vdb bs=65536 2>/dev/null | sha256sum)",
             "yes \(pattern) | head -c \(patternBytes) | dd of=/dev/vda bs=65536 conv=fsync 2>/dev/null; echo BLK-WROTE-A $?",
             "dd if=/dev/zero of=/dev/vdc bs=4096 count=1 conv=fsync 2>/dev/null; echo BLK-WROTE-C $?",
@@ -60,9 +63,14 @@ import Testing
         let killScript = "yes \(killPattern) | head -c \(killBytes) >/dev/vda; sync; echo BLK-SYNCED; sleep 600"
         let script = """
             cd '\(dir)'
+            # A file system with hole punching (and O_DIRECT) for the discard disk: ext4 on a loop device in L1.
+            truncate -s 64M ext4.img && mkfs.ext4 -q ext4.img && mkdir -p /run/svmm-ext4 && mount -o loop ext4.img /run/svmm-ext4 &&
+                head -c 8388608 /dev/urandom >/run/svmm-ext4/disc.img
+            echo "=== blocks-before $(stat -c %b /run/svmm-ext4/disc.img)"
             \(svmm) --cpus 2 --exit-stats --disk a.img,serial=disk-a,cache=none --disk b.img,serial=disk-b,ro,cache=none --disk c.img,ro,serial=disk-c \\
-                --disk d.img,serial=svmm-serial-0123456 --cmdline '\(cmdline.replacingOccurrences(of: "'", with: "'\\''"))' </dev/null
+                --disk d.img,serial=svmm-serial-0123456 --disk /run/svmm-ext4/disc.img,serial=disk-e --cmdline '\(cmdline.replacingOccurrences(of: "'", with: "'\\''"))' </dev/null
             echo "=== status $?"
+            echo "=== blocks-after $(stat -c %b /run/svmm-ext4/disc.img)"; umount /run/svmm-ext4
             # A second svmm on an image the first is writing: refused, the first runs on.
             \(svmm) --disk e.img --cmdline 'console=ttyS0 panic=-1 quiet svmm_cmd="sleep 5"' </dev/null >first.out 2>&1 &
             first=$!
@@ -84,7 +92,7 @@ import Testing
             echo "=== tmpfs stderr"; cat tmpfs.err
             echo "=== second stderr"; cat second.err
             """
-        let r = try sandbox(["--timeout", "1500", "--", "sh", "-c", script])
+        let r = try sandbox(["--timeout", "1500", "--modules", "loop,crc32c_generic,ext4", "--", "sh", "-c", script])
         func number(after marker: String) -> Int32 {
             guard let range = r.stdout.range(of: marker) else { return -1 }
             return Int32(r.stdout[range.upperBound...].prefix { $0.isNumber }) ?? -1
@@ -98,7 +106,8 @@ import Testing
         return Session(stdout: r.stdout, stderr: r.stderr, status: number(after: "=== status "),
                        second: (number(after: "=== second "), secondErr, number(after: "=== first ")),
                        roBefore: roBefore, roAfter: roAfter, hostPatternSHA: hostPatternSHA, written: written, killed: killed,
-                       tmpfs: (number(after: "=== tmpfs "), tmpfsErr))
+                       tmpfs: (number(after: "=== tmpfs "), tmpfsErr),
+                       blocks: (number(after: "=== blocks-before "), number(after: "=== blocks-after ")))
     }
 
     func line(_ s: Session, _ prefix: String) -> String {
@@ -162,6 +171,15 @@ import Testing
         #expect(s.killed.status == 137, "stdout: \(s.stdout.suffix(1500))")
         let expected = try runProgram("/bin/sh", ["-c", "yes \(Self.killPattern) | head -c \(Self.killBytes) | sha256sum"]).stdout.prefix(64)
         #expect(s.killed.sha == String(expected))
+    }
+
+    /// A guest discard (blkdiscard of 4 MiB) punches a hole in the image on
+    /// ext4 in L1: its allocated blocks shrink by that much.
+    @Test func aGuestDiscardPunchesAHoleInTheHostFile() throws {
+        let s = try Self.session.get()
+        #expect(line(s, "BLK-DISCARD") == "BLK-DISCARD 0", "stdout: \(s.stdout.suffix(1500))")
+        #expect(s.blocks.before >= 16384, "\(s.blocks)")
+        #expect(s.blocks.after >= 0 && s.blocks.after <= s.blocks.before - 8192, "allocated 512-byte blocks \(s.blocks.before) -> \(s.blocks.after)")
     }
 
     /// cache=none where the file system has no O_DIRECT (tmpfs in L1's
