@@ -28,6 +28,8 @@ import Testing
         let tmpfs: (status: Int32, stderr: String)
         /// The discard disk's allocated 512-byte blocks before and after the boot.
         let blocks: (before: Int32, after: Int32)
+        /// `e2fsck -fn` on the file system the guest made: status and output.
+        let fsck: Finished
     }
 
     static func sha256(_ path: String, bytes: Int? = nil) throws -> String {
@@ -41,7 +43,9 @@ import Testing
         // a: written by the guest; b: a host pattern the guest reads; c: read-only; d: serial only.
         let setup = """
             cd '\(dir)' && truncate -s 8M a.img && head -c 4194304 /dev/urandom > b.img &&
-            head -c 2097152 /dev/urandom > c.img && truncate -s 1M d.img && truncate -s 1M e.img && truncate -s 2M k.img
+            head -c 2097152 /dev/urandom > c.img && truncate -s 1M d.img && truncate -s 1M e.img && truncate -s 2M k.img &&
+            truncate -s 32M f.img && cat '\(artifactCache)/guest/initramfs.cpio.gz' > initrd && truncate -s %4 initrd &&
+            cat '\(artifactCache)/guest/e2fsprogs.cpio.gz' >> initrd
             """
         let made = try runProgram("/bin/sh", ["-c", setup])
         guard made.status == 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSLocalizedDescriptionKey: "cannot make the images in \(dir): \(made.stderr)"]) }
@@ -51,6 +55,8 @@ import Testing
             "for d in vda vdb vdc vdd; do echo BLK-SERIAL $d $(cat /sys/block/$d/serial) ro=$(cat /sys/block/$d/ro); done",
             "echo BLK-MQ $(ls /sys/block/vda/mq | wc -l)",
             "blkdiscard -o 1048576 -l 4194304 /dev/vde; echo BLK-DISCARD $?",
+            "mkfs.ext4 -q /dev/vdf && mkdir -p /mnt && mount -t ext4 /dev/vdf /mnt && echo hello >/mnt/hello && "
+                + "dd if=/dev/urandom of=/mnt/data bs=65536 count=16 2>/dev/null && umount /mnt; echo BLK-EXT4 $?",
             "echo BLK-SHA-B $(dd if=/dev/vdb bs=65536 2>/dev/null | sha256sum)",
             "yes \(pattern) | head -c \(patternBytes) | dd of=/dev/vda bs=65536 conv=fsync 2>/dev/null; echo BLK-WROTE-A $?",
             "dd if=/dev/zero of=/dev/vdc bs=4096 count=1 conv=fsync 2>/dev/null; echo BLK-WROTE-C $?",
@@ -68,7 +74,7 @@ import Testing
                 head -c 8388608 /dev/urandom >/run/svmm-ext4/disc.img
             echo "=== blocks-before $(stat -c %b /run/svmm-ext4/disc.img)"
             \(svmm) --cpus 2 --exit-stats --disk a.img,serial=disk-a,cache=none --disk b.img,serial=disk-b,ro,cache=none --disk c.img,ro,serial=disk-c \\
-                --disk d.img,serial=svmm-serial-0123456 --disk /run/svmm-ext4/disc.img,serial=disk-e --cmdline '\(cmdline.replacingOccurrences(of: "'", with: "'\\''"))' </dev/null
+                --disk d.img,serial=svmm-serial-0123456 --disk /run/svmm-ext4/disc.img,serial=disk-e --disk f.img --initrd initrd --cmdline '\(cmdline.replacingOccurrences(of: "'", with: "'\\''"))' </dev/null
             echo "=== status $?"
             echo "=== blocks-after $(stat -c %b /run/svmm-ext4/disc.img)"; umount /run/svmm-ext4
             # A second svmm on an image the first is writing: refused, the first runs on.
@@ -102,12 +108,13 @@ import Testing
         let roAfter = (try sha256(dir + "/c.img"), try FileManager.default.attributesOfItem(atPath: dir + "/c.img")[.modificationDate] as? Date)
         let written = (try sha256(dir + "/a.img", bytes: patternBytes), try FileManager.default.attributesOfItem(atPath: dir + "/a.img")[.size] as? Int)
         let killed = (try sha256(dir + "/k.img", bytes: killBytes), number(after: "=== killed "))
+        let fsck = try runProgram("/sbin/e2fsck", ["-fn", dir + "/f.img"])
         try? FileManager.default.removeItem(atPath: dir)
         return Session(stdout: r.stdout, stderr: r.stderr, status: number(after: "=== status "),
                        second: (number(after: "=== second "), secondErr, number(after: "=== first ")),
                        roBefore: roBefore, roAfter: roAfter, hostPatternSHA: hostPatternSHA, written: written, killed: killed,
                        tmpfs: (number(after: "=== tmpfs "), tmpfsErr),
-                       blocks: (number(after: "=== blocks-before "), number(after: "=== blocks-after ")))
+                       blocks: (number(after: "=== blocks-before "), number(after: "=== blocks-after ")), fsck: fsck)
     }
 
     func line(_ s: Session, _ prefix: String) -> String {
@@ -180,6 +187,15 @@ import Testing
         #expect(line(s, "BLK-DISCARD") == "BLK-DISCARD 0", "stdout: \(s.stdout.suffix(1500))")
         #expect(s.blocks.before >= 16384, "\(s.blocks)")
         #expect(s.blocks.after >= 0 && s.blocks.after <= s.blocks.before - 8192, "allocated 512-byte blocks \(s.blocks.before) -> \(s.blocks.after)")
+    }
+
+    /// An ext4 file system made in the guest (Debian's mkfs.ext4), written,
+    /// unmounted, powered off: e2fsck on the host finds it clean.
+    @Test func anExt4MadeInTheGuestIsCleanOnTheHost() throws {
+        let s = try Self.session.get()
+        #expect(line(s, "BLK-EXT4") == "BLK-EXT4 0", "stdout: \(s.stdout.suffix(1500))")
+        #expect(s.fsck.status == 0, "e2fsck: \(s.fsck.stdout) \(s.fsck.stderr)")
+        #expect(s.fsck.stdout.contains(": 13/"), "the 11 inodes of an empty ext4 and the two files written: \(s.fsck.stdout)")
     }
 
     /// cache=none where the file system has no O_DIRECT (tmpfs in L1's
