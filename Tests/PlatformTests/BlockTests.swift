@@ -9,6 +9,7 @@ import Testing
     static let pattern = "svmm-block-pattern"
     static let patternBytes = 4 << 20
     static let killPattern = "svmm-survives-sigkill"
+    static let devicePattern = "svmm-on-a-block-device"
     static let killBytes = 1 << 20
 
     struct Session {
@@ -30,6 +31,8 @@ import Testing
         let blocks: (before: Int32, after: Int32)
         /// `e2fsck -fn` on the file system the guest made: status and output.
         let fsck: Finished
+        /// The loop device's backing file: its sha256 before, and its first MiB's after.
+        let blockDevice: (before: String, after: String)
     }
 
     static func sha256(_ path: String, bytes: Int? = nil) throws -> String {
@@ -44,17 +47,20 @@ import Testing
         let setup = """
             cd '\(dir)' && truncate -s 8M a.img && head -c 4194304 /dev/urandom > b.img &&
             head -c 2097152 /dev/urandom > c.img && truncate -s 1M d.img && truncate -s 1M e.img && truncate -s 2M k.img &&
-            truncate -s 32M f.img && cat '\(artifactCache)/guest/initramfs.cpio.gz' > initrd && truncate -s %4 initrd &&
+            head -c 2097152 /dev/urandom > g.img && truncate -s 32M f.img && cat '\(artifactCache)/guest/initramfs.cpio.gz' > initrd && truncate -s %4 initrd &&
             cat '\(artifactCache)/guest/e2fsprogs.cpio.gz' >> initrd
             """
         let made = try runProgram("/bin/sh", ["-c", setup])
         guard made.status == 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSLocalizedDescriptionKey: "cannot make the images in \(dir): \(made.stderr)"]) }
         let roBefore = (try sha256(dir + "/c.img"), try FileManager.default.attributesOfItem(atPath: dir + "/c.img")[.modificationDate] as? Date)
         let hostPatternSHA = try sha256(dir + "/b.img")
+        let blockDeviceSHA = try sha256(dir + "/g.img")
         let guest = [
             "for d in vda vdb vdc vdd; do echo BLK-SERIAL $d $(cat /sys/block/$d/serial) ro=$(cat /sys/block/$d/ro); done",
             "echo BLK-MQ $(ls /sys/block/vda/mq | wc -l)",
             "blkdiscard -o 1048576 -l 4194304 /dev/vde; echo BLK-DISCARD $?",
+            "echo BLK-SHA-G $(dd if=/dev/vdg bs=65536 2>/dev/null | sha256sum)",
+            "yes \(devicePattern) | head -c 1048576 | dd of=/dev/vdg bs=65536 conv=fsync 2>/dev/null; echo BLK-WROTE-G $?",
             "mkfs.ext4 -q /dev/vdf && mkdir -p /mnt && mount -t ext4 /dev/vdf /mnt && echo hello >/mnt/hello && "
                 + "dd if=/dev/urandom of=/mnt/data bs=65536 count=16 2>/dev/null && umount /mnt; echo BLK-EXT4 $?",
             "echo BLK-SHA-B $(dd if=/dev/vdb bs=65536 2>/dev/null | sha256sum)",
@@ -73,10 +79,13 @@ import Testing
             truncate -s 64M ext4.img && mkfs.ext4 -q ext4.img && mkdir -p /run/svmm-ext4 && mount -o loop ext4.img /run/svmm-ext4 &&
                 head -c 8388608 /dev/urandom >/run/svmm-ext4/disc.img
             echo "=== blocks-before $(stat -c %b /run/svmm-ext4/disc.img)"
+            # A host block device: a loop device in L1 over g.img.
+            loopdev=$(losetup -f --show g.img)
             \(svmm) --cpus 2 --exit-stats --disk a.img,serial=disk-a,cache=none --disk b.img,serial=disk-b,ro,cache=none --disk c.img,ro,serial=disk-c \\
-                --disk d.img,serial=svmm-serial-0123456 --disk /run/svmm-ext4/disc.img,serial=disk-e --disk f.img --initrd initrd --cmdline '\(cmdline.replacingOccurrences(of: "'", with: "'\\''"))' </dev/null
+                --disk d.img,serial=svmm-serial-0123456 --disk /run/svmm-ext4/disc.img,serial=disk-e --disk f.img --disk "$loopdev",serial=disk-g --initrd initrd --cmdline '\(cmdline.replacingOccurrences(of: "'", with: "'\\''"))' </dev/null
             echo "=== status $?"
             echo "=== blocks-after $(stat -c %b /run/svmm-ext4/disc.img)"; umount /run/svmm-ext4
+            losetup -d "$loopdev"
             # A second svmm on an image the first is writing: refused, the first runs on.
             \(svmm) --disk e.img --cmdline 'console=ttyS0 panic=-1 quiet svmm_cmd="sleep 5"' </dev/null >first.out 2>&1 &
             first=$!
@@ -109,12 +118,13 @@ import Testing
         let written = (try sha256(dir + "/a.img", bytes: patternBytes), try FileManager.default.attributesOfItem(atPath: dir + "/a.img")[.size] as? Int)
         let killed = (try sha256(dir + "/k.img", bytes: killBytes), number(after: "=== killed "))
         let fsck = try runProgram("/sbin/e2fsck", ["-fn", dir + "/f.img"])
+        let blockDevice = (blockDeviceSHA, try sha256(dir + "/g.img", bytes: 1 << 20))
         try? FileManager.default.removeItem(atPath: dir)
         return Session(stdout: r.stdout, stderr: r.stderr, status: number(after: "=== status "),
                        second: (number(after: "=== second "), secondErr, number(after: "=== first ")),
                        roBefore: roBefore, roAfter: roAfter, hostPatternSHA: hostPatternSHA, written: written, killed: killed,
                        tmpfs: (number(after: "=== tmpfs "), tmpfsErr),
-                       blocks: (number(after: "=== blocks-before "), number(after: "=== blocks-after ")), fsck: fsck)
+                       blocks: (number(after: "=== blocks-before "), number(after: "=== blocks-after ")), fsck: fsck, blockDevice: blockDevice)
     }
 
     func line(_ s: Session, _ prefix: String) -> String {
@@ -198,6 +208,16 @@ import Testing
         #expect(s.fsck.stdout.contains(": 13/"), "the 11 inodes of an empty ext4 and the two files written: \(s.fsck.stdout)")
     }
 
+    /// A host block device (a loop device in L1): the guest reads what the
+    /// host put there and its writes reach the device.
+    @Test func aHostBlockDeviceIsADisk() throws {
+        let s = try Self.session.get()
+        #expect(line(s, "BLK-SHA-G").hasPrefix("BLK-SHA-G \(s.blockDevice.before)"), "\(line(s, "BLK-SHA-G"))")
+        #expect(line(s, "BLK-WROTE-G") == "BLK-WROTE-G 0")
+        let expected = try runProgram("/bin/sh", ["-c", "yes \(Self.devicePattern) | head -c 1048576 | sha256sum"]).stdout.prefix(64)
+        #expect(s.blockDevice.after == String(expected))
+    }
+
     /// cache=none where the file system has no O_DIRECT (tmpfs in L1's
     /// Linux 6.1): one line that says so, status 66. (The four-disk boot
     /// above runs its written and its host-pattern disks with cache=none.)
@@ -225,6 +245,21 @@ import Testing
             #expect(r.status == status && r.stderr == message + "\n", "\(spec): \(r.status) \(r.stderr)")
         }
         #expect(!FileManager.default.fileExists(atPath: dir + "/missing.img"))
+        // No permission: an image only its owner may read, opened by someone
+        // else (root bypasses permissions: svmm then runs as nobody).
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: dir)
+        let secret = dir + "/secret.img"
+        try Data(count: 4096).write(to: URL(fileURLWithPath: secret))
+        try FileManager.default.setAttributes([.posixPermissions: getuid() == 0 ? 0o600 : 0o000], ofItemAtPath: secret)
+        let kernel = dir + "/kernel"     // one nobody may read (svmm opens it first; it is never booted here)
+        try Data(count: 4096).write(to: URL(fileURLWithPath: kernel))
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: kernel)
+        let boot = [svmmPath, "boot", "--kernel", kernel, "--disk", secret]
+        let denied = getuid() == 0
+            ? try runProgram("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups"] + boot)
+            : try runProgram(svmmPath, Array(boot.dropFirst()))
+        #expect(denied.status == 66 && denied.stderr == "svmm: error: cannot open disk \(secret): Permission denied\n",
+                "\(denied.status) \(denied.stderr)")
         let bad = try runProgram(svmmPath, ["boot", "--disk", dir + "/x.img,cache=directsync"])
         #expect(bad.status == 64 && bad.stderr.contains("cache must be writeback, none, unsafe"), "\(bad.stderr)")
     }
