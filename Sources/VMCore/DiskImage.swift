@@ -1,5 +1,6 @@
 import CHost
 import Glibc
+import SystemPackage
 
 /// A raw disk image file or host block device behind a virtio-blk device.
 ///
@@ -126,27 +127,13 @@ public final class DiskImage: @unchecked Sendable {
     /// Reads `buffer.count` bytes at `offset`; the bytes read (fewer only at
     /// an error or the end of the image).
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) -> Int {
-        var done = 0
-        while done < buffer.count {
-            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
-            if n < 0, errno == EINTR { continue }
-            if n <= 0 { break }
-            done += n
-        }
-        return done
+        max(0, HostIO.readFully(fd, into: buffer, at: offset))
     }
 
     /// Writes `buffer` at `offset`; whether all of it was written.
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) -> Bool {
         guard !options.readOnly else { return false }
-        var done = 0
-        while done < buffer.count {
-            let n = pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
-            if n < 0, errno == EINTR { continue }
-            if n <= 0 { return false }
-            done += n
-        }
-        return true
+        return (try? FileDescriptor(rawValue: fd).writeAll(toAbsoluteOffset: Int64(offset), buffer)) != nil
     }
 
     /// Makes every completed write durable (fdatasync), unless `cache=unsafe`.

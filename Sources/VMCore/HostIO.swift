@@ -37,6 +37,25 @@ public enum HostIO {
         }
         return true
     }
+
+    /// Fills `buffer` from `offset` of the file `fd` (pread, resumed after
+    /// EINTR and short reads); the bytes read (fewer at the end of the
+    /// file), or -errno.
+    public static func readFully(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) -> Int {
+        let file = FileDescriptor(rawValue: fd)
+        var done = 0
+        while done < buffer.count {
+            let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<min(buffer.count, done + (1 << 30))])
+            do {
+                let n = try file.read(fromAbsoluteOffset: Int64(offset) + Int64(done), into: chunk, retryOnInterrupt: true)
+                if n == 0 { break }
+                done += n
+            } catch {
+                return -Int((error as? Errno)?.rawValue ?? EIO)
+            }
+        }
+        return done
+    }
 }
 
 /// svmm's own messages, one line at a time, all through here: stderr,

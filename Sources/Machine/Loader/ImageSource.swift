@@ -1,4 +1,3 @@
-import SystemPackage
 import VMCore
 import Glibc
 
@@ -82,19 +81,7 @@ public final class ImageSource: @unchecked Sendable {
 
     /// Fills `buffer` from file offset `offset`; the bytes read, or -errno.
     private func readFully(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) -> Int {
-        let file = FileDescriptor(rawValue: fd)
-        var done = 0
-        while done < buffer.count {
-            let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<min(buffer.count, done + (1 << 30))])
-            do {
-                let n = try file.read(fromAbsoluteOffset: Int64(offset + done), into: chunk)
-                if n == 0 { break }
-                done += n
-            } catch {
-                return -Int((error as? Errno)?.rawValue ?? EIO)
-            }
-        }
-        return done
+        HostIO.readFully(fd, into: buffer, at: UInt64(offset))
     }
 }
 
