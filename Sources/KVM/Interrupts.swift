@@ -30,12 +30,13 @@ extension VCPU {
         try KVMError.check("KVM_SET_LAPIC", ckvm_set_lapic(fd, &state))
     }
 
-    /// `KVM_TRANSLATE`: guest-virtual to guest-physical through the guest's page tables.
-    public func translate(_ virtualAddress: UInt64) -> UInt64? {
+    /// `KVM_TRANSLATE`: guest-virtual to guest-physical through the guest's
+    /// page tables; nil when the address is not mapped there.
+    public func translate(_ virtualAddress: UInt64) throws(KVMError) -> UInt64? {
         var t = kvm_translation()
         t.linear_address = virtualAddress
-        guard ckvm_translate(fd, &t) >= 0, t.valid != 0 else { return nil }
-        return t.physical_address
+        try KVMError.check("KVM_TRANSLATE", ckvm_translate(fd, &t))
+        return t.valid != 0 ? t.physical_address : nil
     }
 }
 

@@ -286,7 +286,7 @@ public final class RunningMachine: Sendable {
         let kind = suberror == 1 ? "emulation failure" : "suberror \(suberror)"
         guard let rip = try? vcpu.registers().rip else { return kind }
         var text = "\(kind) at RIP 0x\(String(rip, radix: 16))"
-        if let gpa = vcpu.translate(rip), let bytes = try? memory.read(at: gpa, count: 15) {
+        if let gpa = (try? vcpu.translate(rip)) ?? nil, let bytes = try? memory.read(at: gpa, count: 15) {
             text += " (instruction bytes: \(bytes.map { String($0, radix: 16).leftPadding(2, with: "0") }.joined(separator: " ")))"
         }
         return text

@@ -17,6 +17,11 @@ public struct VCPUState: Sendable, Equatable {
     /// A vector KVM is in the middle of injecting, and whether an NMI is pending.
     public var injecting: Int?
     public var nmiPending = false
+    /// False when RIP is not mapped in the guest's own page tables
+    /// (`KVM_TRANSLATE`): a vCPU cannot be running there, so the state is not
+    /// the guest's. Seen only in the nested sandbox, where an L2 vCPU's saved
+    /// RIP pointed into L1's kvm_amd (docs/platform.md). Nil where unknown.
+    public var ripMapped: Bool?
 
     public init(rip: UInt64, interruptsEnabled: Bool, mpState: MPState? = nil) {
         self.rip = rip
@@ -28,6 +33,7 @@ public struct VCPUState: Sendable, Equatable {
     static func read(_ vcpu: VCPU) -> VCPUState? {
         guard let regs = try? vcpu.registers() else { return nil }
         var s = VCPUState(rip: regs.rip, interruptsEnabled: regs.rflags & 0x200 != 0, mpState: try? vcpu.mpState())
+        if let mapped = try? vcpu.translate(regs.rip) { s.ripMapped = mapped != nil }
         if let page = try? vcpu.lapicRegisters() {
             s.requested = Self.vectors(in: page, at: 0x200)
             s.inService = Self.vectors(in: page, at: 0x100)
@@ -53,6 +59,10 @@ public struct VCPUState: Sendable, Equatable {
         return found
     }
 
+    /// The words the summary carries when RIP is not mapped in the guest:
+    /// Scripts/kvm-sandbox reads them in a timeout line as its own failure.
+    public static let notTheGuests = "RIP not mapped in the guest's page tables: not the guest's state"
+
     /// "running, interrupts off", "halted, interrupts on, requested 236, in service 34", …
     public var summary: String {
         var parts: [String] = []
@@ -70,6 +80,7 @@ public struct VCPUState: Sendable, Equatable {
         if !inService.isEmpty { parts.append("in service \(list(inService))") }
         if let injecting { parts.append("injecting \(injecting)") }
         if nmiPending { parts.append("NMI pending") }
+        if ripMapped == false { parts.append(Self.notTheGuests) }
         return parts.joined(separator: ", ")
     }
 }

@@ -282,6 +282,9 @@ extension BusDevice {
         s.nmiPending = true
         #expect(s.summary == "halted, interrupts on, requested 236, in service 34 36, injecting 36, NMI pending")
         #expect(VCPUState(rip: 0, interruptsEnabled: false, mpState: .runnable).summary == "running, interrupts off")
+        var corrupt = VCPUState(rip: 0xFFFF_FFFF_C042_220C, interruptsEnabled: true, mpState: .runnable)
+        corrupt.ripMapped = false
+        #expect(corrupt.summary == "running, interrupts on, RIP not mapped in the guest's page tables: not the guest's state")
         #expect(VCPUState(rip: 0, interruptsEnabled: false, mpState: nil).summary == "interrupts off")
     }
 }
