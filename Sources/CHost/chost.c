@@ -1,7 +1,13 @@
 #define _GNU_SOURCE
 #include "chost.h"
 
+#include <errno.h>
 #include <fcntl.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -42,3 +48,35 @@ int chost_lock_file(int fd, int exclusive) {
 }
 
 int chost_o_direct(void) { return O_DIRECT; }
+
+int chost_tap_attach(const char *name, int multi_queue, int header_size) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    if (strlen(name) >= IFNAMSIZ) return -ENAMETOOLONG;
+    strcpy(ifr.ifr_name, name);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (multi_queue ? IFF_MULTI_QUEUE : 0);
+    int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    if (ioctl(fd, TUNSETIFF, &ifr) != 0 || ioctl(fd, TUNSETVNETHDRSZ, &header_size) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+int chost_if_mtu(const char *name) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    if (strlen(name) >= IFNAMSIZ) return -ENAMETOOLONG;
+    strcpy(ifr.ifr_name, name);
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return -errno;
+    int r = ioctl(s, SIOCGIFMTU, &ifr) == 0 ? ifr.ifr_mtu : -errno;
+    close(s);
+    return r;
+}
+
+int chost_tap_set_offload(int fd, unsigned offloads) {
+    return ioctl(fd, TUNSETOFFLOAD, (unsigned long)offloads) == 0 ? 0 : -errno;
+}

@@ -134,11 +134,11 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
         }
     }
 
-    public var inputFD: Int32? { aio?.completions.fd }
-    public var wantsInput: Bool { (aio?.inFlight ?? 0) > 0 }
+    public var inputFDs: [Int32] { aio.map { [$0.completions.fd] } ?? [] }
+    public func wantsInput(_ index: Int) -> Bool { (aio?.inFlight ?? 0) > 0 }
 
     /// Answers the reads and writes that completed, then takes more requests.
-    public func inputReady(queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError) {
+    public func inputReady(_ index: Int, queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError) {
         complete(queues: queues, context: context, wait: false)
         for (i, q) in queues.enumerated() {
             if let q { try process(queue: i, q, context: context) }

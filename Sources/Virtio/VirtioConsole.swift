@@ -43,8 +43,8 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
 
     public func writeConfig(offset: Int, data: UnsafeRawBufferPointer) {}
 
-    public var inputFD: Int32? { input }
-    public var wantsInput: Bool { inputOpen.load(ordering: .relaxed) && pending.count < 4096 }
+    public var inputFDs: [Int32] { input.map { [$0] } ?? [] }
+    public func wantsInput(_ index: Int) -> Bool { inputOpen.load(ordering: .relaxed) && pending.count < 4096 }
 
     public func process(queue index: Int, _ queue: Virtqueue, context: VirtioQueueContext) throws(VirtqueueError) {
         if index == Self.transmitQueue {
@@ -64,7 +64,7 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
         }
     }
 
-    public func inputReady(queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError) {
+    public func inputReady(_ index: Int, queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError) {
         guard let input else { return }
         var buffer = [UInt8](repeating: 0, count: 4096 - pending.count)
         let n: Int

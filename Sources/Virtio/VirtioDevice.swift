@@ -40,12 +40,16 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func writeConfig(offset: Int, data: UnsafeRawBufferPointer)
     /// Handles a notification (or a wake-up) for queue `index`.
     func process(queue index: Int, _ queue: Virtqueue, context: VirtioQueueContext) throws(VirtqueueError)
-    /// A host file descriptor whose readability should wake the device (console input), or nil.
-    var inputFD: Int32? { get }
-    /// Whether the device wants `inputFD` polled now (it has room for input).
-    var wantsInput: Bool { get }
-    /// Called on the device thread when `inputFD` is readable; `queues` are the active queues.
-    func inputReady(queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError)
+    /// Host file descriptors whose readability should wake the device
+    /// (console input, disk completions, a TAP's queues).
+    var inputFDs: [Int32] { get }
+    /// Whether the device wants `inputFDs[index]` polled now (it has room for input).
+    func wantsInput(_ index: Int) -> Bool
+    /// Called on the device thread when `inputFDs[index]` is readable; `queues` are the active queues.
+    func inputReady(_ index: Int, queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError)
+    /// The features the driver accepted, when it sets DRIVER_OK (before its
+    /// queues are served).
+    func activate(features: UInt64)
     /// Finishes whatever it has in flight (a pause): when this returns the
     /// device touches neither guest RAM nor the queues until it is served again.
     func quiesce(queues: [Virtqueue?], context: VirtioQueueContext)
@@ -54,9 +58,10 @@ public protocol VirtioDevice: AnyObject, Sendable {
 }
 
 extension VirtioDevice {
-    public var inputFD: Int32? { nil }
-    public var wantsInput: Bool { false }
-    public func inputReady(queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError) {}
+    public var inputFDs: [Int32] { [] }
+    public func wantsInput(_ index: Int) -> Bool { false }
+    public func inputReady(_ index: Int, queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError) {}
+    public func activate(features: UInt64) {}
     public func quiesce(queues: [Virtqueue?], context: VirtioQueueContext) {}
     public func reset() {}
 }

@@ -94,7 +94,7 @@ public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, 
             switch action {
             case .none: break
             case .reset: stopQueues(); device.reset()
-            case .activate(let queues): startQueues(queues)
+            case .activate(let queues, let features): device.activate(features: features); startQueues(queues)
             }
         case Self.deviceOffset..<(Self.deviceOffset + 0x100):
             device.writeConfig(offset: offset - Self.deviceOffset, data: data)
@@ -180,10 +180,10 @@ public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, 
         if let failure { needsReset("\(failure)") }
     }
 
-    func serviceInput() {
+    func serviceInput(_ index: Int) {
         let failure = active.withLock { queues -> VirtqueueError? in
             guard !paused.load(ordering: .acquiring), let queues else { return nil }
-            do throws(VirtqueueError) { try device.inputReady(queues: queues, context: self) } catch { return error }
+            do throws(VirtqueueError) { try device.inputReady(index, queues: queues, context: self) } catch { return error }
             return nil
         }
         if let failure { needsReset("\(failure)") }
@@ -195,12 +195,17 @@ public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, 
     public func run() {
         let controlWait = pollfd(fd: control.fd, events: Int16(POLLIN), revents: 0)
         let waits = notifyEvents.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+        let inputs = device.inputFDs
         while !stopping.load(ordering: .acquiring) {
             let isPaused = paused.load(ordering: .acquiring)
             var fds = [controlWait] + (isPaused ? [] : waits)
-            let input = device.inputFD
-            let polling = !isPaused && input != nil && device.wantsInput && active.withLock { $0 != nil }
-            if polling, let input { fds.append(pollfd(fd: input, events: Int16(POLLIN), revents: 0)) }
+            var polled: [Int] = []      // which of the device's inputs follow the notifications
+            if !isPaused && !inputs.isEmpty && active.withLock({ $0 != nil }) {
+                for (i, fd) in inputs.enumerated() where device.wantsInput(i) {
+                    polled.append(i)
+                    fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
+                }
+            }
             let n = poll(&fds, nfds_t(fds.count), -1)
             if n < 0 { if errno == EINTR { continue }; return }
             if fds[0].revents != 0 { control.drain(); continue }
@@ -208,7 +213,8 @@ public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, 
                 e.drain()
                 service(queue: i)
             }
-            if polling, fds[fds.count - 1].revents != 0 { serviceInput() }
+            let first = 1 + waits.count
+            for (k, input) in polled.enumerated() where fds[first + k].revents != 0 { serviceInput(input) }
         }
     }
 

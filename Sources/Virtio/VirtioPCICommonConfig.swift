@@ -54,7 +54,7 @@ struct TransportState {
 }
 
 /// What a write to the common configuration asks of the transport.
-enum CommonAction { case none, reset, activate([Virtqueue?]) }
+enum CommonAction { case none, reset, activate([Virtqueue?], features: UInt64) }
 
 extension VirtioPCIDevice {
     func commonRead(_ s: TransportState, _ o: Int) -> UInt64 {
@@ -151,6 +151,6 @@ extension VirtioPCIDevice {
                 return .none
             }
         }
-        return .activate(queues)
+        return .activate(queues, features: s.driverFeatures)
     }
 }

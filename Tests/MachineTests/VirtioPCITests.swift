@@ -216,7 +216,7 @@ struct PCIDriver {
         f.service(queue: 0)                                                    // no input yet: buffer kept
         #expect(rx.usedIdx == 0)
         _ = Array("ls\n".utf8).withUnsafeBytes { write(pipeFDs[1], $0.baseAddress, 3) }
-        f.serviceInput()
+        f.serviceInput(0)
         let element = try rx.usedElement(0)
         #expect(rx.usedIdx == 1 && element == (0, 3))
         #expect(try memory.read(at: 0x200000, count: 3) == Array("ls\n".utf8))

@@ -55,6 +55,21 @@ int chost_lock_file(int fd, int exclusive);
 // O_DIRECT, for open(2) (a _GNU_SOURCE flag).
 int chost_o_direct(void);
 
+// TAP devices (VMCore's Tap): the tun ioctls and their flags, from
+// <linux/if_tun.h>. Each returns 0 (or an fd) or -errno.
+enum {
+    CHOST_TUN_F_CSUM = 0x01, CHOST_TUN_F_TSO4 = 0x02, CHOST_TUN_F_TSO6 = 0x04,
+    CHOST_TUN_F_TSO_ECN = 0x08, CHOST_TUN_F_UFO = 0x10,
+};
+// Attaches one queue of the existing TAP `name`: /dev/net/tun opened
+// non-blocking and close-on-exec, TUNSETIFF with IFF_TAP | IFF_NO_PI |
+// IFF_VNET_HDR (| IFF_MULTI_QUEUE), then TUNSETVNETHDRSZ `header_size`.
+int chost_tap_attach(const char *name, int multi_queue, int header_size);
+// TUNSETOFFLOAD: what the reader of the TAP (the guest) accepts.
+int chost_tap_set_offload(int fd, unsigned offloads);
+// SIOCGIFMTU of the interface `name`, or -errno.
+int chost_if_mtu(const char *name);
+
 // Hands the process's last references to its files (the VM's fds) and
 // memory to a helper that outlives it: KVM's VM teardown (the irqchip's
 // io-bus unregistrations wait in synchronize_srcu, ~10 ms) then runs in the
