@@ -77,6 +77,13 @@ int chost_if_mtu(const char *name) {
     return r;
 }
 
+int chost_tap_set_queue(int fd, int attach) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = attach ? IFF_ATTACH_QUEUE : IFF_DETACH_QUEUE;
+    return ioctl(fd, TUNSETQUEUE, &ifr) == 0 ? 0 : -errno;
+}
+
 int chost_tap_set_offload(int fd, unsigned offloads) {
     return ioctl(fd, TUNSETOFFLOAD, (unsigned long)offloads) == 0 ? 0 : -errno;
 }

@@ -46,6 +46,8 @@ public struct BootConfiguration: Sendable {
     public var entropy = true
     /// Disks, in order: the guest's vda, vdb, …
     public var disks: [DiskImage] = []
+    /// Network interfaces, in order: the guest's eth0, eth1, … (virtio-net).
+    public var nets: [NetInterface] = []
     /// The in-kernel i8254 PIT. Off by default: Linux with kvm-clock and the
     /// local APIC timer does not need it, and its teardown costs ~13 ms at exit.
     public var pit = false

@@ -20,6 +20,8 @@ public final class LinuxMachine: Sendable {
     public let vmStats: KVMStats?
     /// The virtio-blk devices, in `config.disks` order.
     public let disks: [VirtioBlock]
+    /// The virtio-net devices, in `config.nets` order.
+    public let nets: [VirtioNet]
 
     /// Builds the machine and loads the kernel; nothing runs yet.
     /// `consoleOutput` gets COM1's bytes; `virtioConsoleOutput` the
@@ -53,6 +55,8 @@ public final class LinuxMachine: Sendable {
         if config.entropy { try b.addVirtio(VirtioRNG(), name: "virtio-rng") }
         disks = config.disks.map { VirtioBlock(disk: $0, queues: config.cpus) }
         for (i, disk) in disks.enumerated() { try b.addVirtio(disk, name: "virtio-blk\(i)") }
+        nets = config.nets.map { VirtioNet(backend: $0.tap, mac: $0.mac, mtu: $0.tap.mtu) }
+        for (i, net) in nets.enumerated() { try b.addVirtio(net, name: "virtio-net\(i)") }
         b.addPCIHostBridge()
 
         let supported = try b.hypervisor.supportedCPUID()

@@ -61,6 +61,14 @@ public final class Tap: Sendable {
         fds.allSatisfy { chost_tap_set_offload($0, flags) == 0 }
     }
 
+    /// Attaches the first `count` queues and detaches the rest
+    /// (TUNSETQUEUE): the TAP then spreads flows over those the guest reads.
+    /// A single-queue TAP has nothing to do.
+    public func setActiveQueues(_ count: Int) {
+        guard fds.count > 1 else { return }
+        for (i, fd) in fds.enumerated() { _ = chost_tap_set_queue(fd, i < count ? 1 : 0) }
+    }
+
     deinit { for fd in fds { close(fd) } }
 
     /// The guest's MAC address when none is given: stable for a TAP name

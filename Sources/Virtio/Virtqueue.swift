@@ -117,6 +117,17 @@ public final class Virtqueue: @unchecked Sendable {
         return chain
     }
 
+    /// Chains the driver has made available and `pop` has not taken (at most
+    /// the queue size for a well-behaved driver).
+    public var availableEntries: UInt16 { availableIndex() &- nextAvailable }
+
+    /// Gives back the last `count` chains `pop` took and nothing pushed: the
+    /// next `pop` takes them again (a device that found too few buffers for
+    /// what it had to place).
+    public func unpop(_ count: Int) {
+        nextAvailable &-= UInt16(truncatingIfNeeded: count)
+    }
+
     /// Follows a chain from `head`, through at most one indirect table.
     func walk(head: UInt16) throws(VirtqueueError) -> DescriptorChain {
         var chain = DescriptorChain(head: head)

@@ -66,6 +66,11 @@ struct Boot: ParsableCommand {
         discussion: "A raw image file or host block device, the guest's vda, vdb, ... in order (virtio-blk). ro: opened read-only, advertised so, writes fail. cache=writeback (default): a guest flush is an fdatasync; none: the same, bypassing the host's page cache (O_DIRECT); unsafe: flushes are acknowledged without syncing. The image is locked while svmm runs: a second svmm writing it is refused (exit 75)."))
     var disks: [String] = []
 
+    @Option(name: .customLong("net"), help: ArgumentHelp(
+        "A network interface: tap=NAME[,mac=MAC][,queues=N][,vhost=on|off]; repeat for more.",
+        discussion: "NAME is an existing TAP device (svmm never creates one), the guest's eth0, eth1, ... in order (virtio-net). mac: the guest's address (default: stable for the TAP's name, locally administered). queues: queue pairs (default one per vCPU; one on a TAP made without multi-queue support). A missing or non-TAP NAME exits 68, a TAP in use 75, one not yours 77."))
+    var nets: [String] = []
+
     @Option(help: "Number of vCPUs.")
     var cpus: Int = 1
 
@@ -96,6 +101,9 @@ struct Boot: ParsableCommand {
         for spec in disks {
             do { _ = try DiskSpec.parse(spec) } catch { throw ValidationError(error.message) }
         }
+        for spec in nets {
+            do { _ = try NetSpec.parse(spec) } catch { throw ValidationError(error.message) }
+        }
     }
 
     @Flag(help: "Print on stderr how long svmm's own setup took and when the guest reached its boot marker (123 written to MMIO 0xD0000000).")
@@ -106,6 +114,27 @@ struct Boot: ParsableCommand {
 
     @OptionGroup(title: "Exit telemetry")
     var telemetry: TelemetryOptions
+
+    /// Attaches a `--net`'s TAP, or ends svmm with its one line and status.
+    func openNet(_ options: NetSpec.Options, cpus: Int) -> NetInterface {
+        let wanted = options.queues ?? min(cpus, NetSpec.maxQueues)
+        let tap: Tap
+        do throws(TapError) { tap = try Tap(name: options.tap, queues: wanted) } catch {
+            switch error.problem {
+            case .missing, .notATap: fail(error.message, .noSuchTap)
+            case .busy: fail(error.message, .inUse)
+            case .permission: fail(error.message, .noPermission)
+            case .other: fail(error.message, .failure)
+            }
+        }
+        if tap.singleQueueOnly {
+            Messages.line("svmm: TAP \(options.tap) was created without multi-queue support: one queue pair, not \(wanted)")
+        }
+        if options.vhost {
+            Messages.line("svmm: TAP \(options.tap): vhost=on: svmm's in-kernel (vhost-net) data path is not built yet; the userspace path runs")
+        }
+        return NetInterface(tap: tap, mac: options.mac ?? Tap.defaultMAC(for: options.tap))
+    }
 
     /// Opens the files and builds the machine; the kernel and initrd are read
     /// straight into guest RAM.
@@ -140,11 +169,14 @@ struct Boot: ParsableCommand {
             do {
                 config.disks.append(try DiskImage(try DiskSpec.parse(spec)))
             } catch let e as DiskError {
-                if case .locked = e.problem { fail(e.message, .diskInUse) }
+                if case .locked = e.problem { fail(e.message, .inUse) }
                 fail(e.message, .noInput)
             } catch {
                 fail("\(error)", .usage)
             }
+        }
+        for spec in nets {
+            config.nets.append(openNet(try! NetSpec.parse(spec), cpus: cpus))   // parsed in validate()
         }
         config.pit = pit
         if let cpuFeatures {
@@ -229,6 +261,15 @@ struct Boot: ParsableCommand {
                 Messages.line("svmm: disk \(i) \(d.disk.options.path): \(c.requests.load(ordering: .relaxed)) requests, "
                     + "\(c.flushes.load(ordering: .relaxed)) flushes synced, \(c.errors.load(ordering: .relaxed)) errors, "
                     + "\(c.unsupported.load(ordering: .relaxed)) unsupported")
+            }
+            for (i, n) in machine.nets.enumerated() {
+                let pairs = n.counters.enumerated().map { p, c in
+                    "pair \(p) rx \(c.rxPackets.load(ordering: .relaxed)) (\(c.rxBytes.load(ordering: .relaxed)) B, "
+                        + "\(c.rxDropped.load(ordering: .relaxed)) dropped) tx \(c.txPackets.load(ordering: .relaxed)) "
+                        + "(\(c.txBytes.load(ordering: .relaxed)) B, \(c.txDropped.load(ordering: .relaxed)) dropped) "
+                        + "descriptors \(c.dataDescriptors.load(ordering: .relaxed))"
+                }
+                Messages.line("svmm: net \(i) \(machine.config.nets[i].tap.name): " + pairs.joined(separator: "; "))
             }
         }
         // Output flushed, stats written: the VM's teardown (the irqchip's, ~10 ms) need not delay the exit.

@@ -38,8 +38,13 @@ enum ExitStatus: Int32 {
     case noInput = 66
     /// EX_CANTCREAT: an output file (--stats, --stats-listen) cannot be created.
     case cannotCreate = 73
-    /// EX_TEMPFAIL: a disk is locked by another process (a running svmm or QEMU using it).
-    case diskInUse = 75
+    /// EX_TEMPFAIL: a disk is locked by another process (a running svmm or
+    /// QEMU using it), or a single-queue TAP is attached to another process.
+    case inUse = 75
+    /// EX_NOHOST: a --net TAP does not exist, or the interface is not a TAP.
+    case noSuchTap = 68
+    /// EX_NOPERM: a --net TAP is not this user's to attach.
+    case noPermission = 77
     /// EX_UNAVAILABLE: /dev/kvm is missing or not accessible.
     case kvmUnavailable = 69
     /// A KVM internal error or failed entry: the guest could not be run.

@@ -67,6 +67,8 @@ enum {
 int chost_tap_attach(const char *name, int multi_queue, int header_size);
 // TUNSETOFFLOAD: what the reader of the TAP (the guest) accepts.
 int chost_tap_set_offload(int fd, unsigned offloads);
+// TUNSETQUEUE: attach (1) or detach (0) a multi-queue TAP's queue.
+int chost_tap_set_queue(int fd, int attach);
 // SIOCGIFMTU of the interface `name`, or -errno.
 int chost_if_mtu(const char *name);
 
