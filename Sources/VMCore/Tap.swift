@@ -23,6 +23,12 @@ public final class Tap: Sendable {
     /// The virtio-net header on every frame (virtio 1.2 §5.1.6).
     public static let headerSize = 12
 
+    /// TUNSETOFFLOAD's flags (<linux/if_tun.h> TUN_F_*): the reader accepts
+    /// partial checksums, TCP segmentation over IPv4, over IPv6.
+    public enum Offload {
+        public static let checksum: UInt32 = 0x01, tso4: UInt32 = 0x02, tso6: UInt32 = 0x04
+    }
+
     /// Attaches `queues` queues of the TAP `name`; on any failure nothing
     /// stays attached.
     public init(name: String, queues: Int) throws(TapError) {
@@ -54,7 +60,7 @@ public final class Tap: Sendable {
         mtu = m > 0 ? Int(m) : 1500
     }
 
-    /// TUNSETOFFLOAD on every queue: which offloads (`CHOST_TUN_F_*`) the
+    /// TUNSETOFFLOAD on every queue: which offloads (`Offload`) the
     /// guest accepts in the frames it receives.
     @discardableResult
     public func setOffloads(_ flags: UInt32) -> Bool {

@@ -1,4 +1,3 @@
-import CHost
 import Glibc
 import Synchronization
 import VMCore
@@ -8,7 +7,7 @@ import VMCore
 /// (a TAP with `IFF_VNET_HDR`, or a socket pair in tests), non-blocking.
 public protocol NetBackend: AnyObject, Sendable {
     var fds: [Int32] { get }
-    /// Which offloads (`CHOST_TUN_F_*`) the guest accepts in frames it receives.
+    /// Which offloads (`Tap.Offload`) the guest accepts in frames it receives.
     @discardableResult func setOffloads(_ flags: UInt32) -> Bool
     /// Only the first `count` descriptors receive frames (a multi-queue TAP
     /// spreads flows over the queues attached, and the guest reads only the
@@ -164,9 +163,9 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
     /// TSO only together with checksum offload).
     static func tunOffloads(_ guest: UInt64) -> UInt32 {
         guard guest & Feature.guestCsum != 0 else { return 0 }
-        var flags = UInt32(CHOST_TUN_F_CSUM)
-        if guest & Feature.guestTSO4 != 0 { flags |= UInt32(CHOST_TUN_F_TSO4) }
-        if guest & Feature.guestTSO6 != 0 { flags |= UInt32(CHOST_TUN_F_TSO6) }
+        var flags = Tap.Offload.checksum
+        if guest & Feature.guestTSO4 != 0 { flags |= Tap.Offload.tso4 }
+        if guest & Feature.guestTSO6 != 0 { flags |= Tap.Offload.tso6 }
         return flags
     }
 

@@ -10,12 +10,16 @@ import Testing
 final class TestDriver {
     let memory: GuestMemory
     let size: UInt16
-    let desc: UInt64 = 0x10000, avail: UInt64 = 0x20000, used: UInt64 = 0x30000
+    let desc: UInt64, avail: UInt64, used: UInt64
     var availIdx: UInt16 = 0
 
-    init(memory: GuestMemory, size: UInt16 = 8) {
+    /// The rings at 0x10000, 0x20000 and 0x30000 past `base`.
+    init(memory: GuestMemory, size: UInt16 = 8, base: UInt64 = 0) {
         self.memory = memory
         self.size = size
+        desc = base + 0x10000
+        avail = base + 0x20000
+        used = base + 0x30000
     }
 
     func queue(eventIndex: Bool = false, indirect: Bool = true) throws -> Virtqueue {

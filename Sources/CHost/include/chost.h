@@ -55,12 +55,8 @@ int chost_lock_file(int fd, int exclusive);
 // O_DIRECT, for open(2) (a _GNU_SOURCE flag).
 int chost_o_direct(void);
 
-// TAP devices (VMCore's Tap): the tun ioctls and their flags, from
-// <linux/if_tun.h>. Each returns 0 (or an fd) or -errno.
-enum {
-    CHOST_TUN_F_CSUM = 0x01, CHOST_TUN_F_TSO4 = 0x02, CHOST_TUN_F_TSO6 = 0x04,
-    CHOST_TUN_F_TSO_ECN = 0x08, CHOST_TUN_F_UFO = 0x10,
-};
+// TAP devices (VMCore's Tap): the tun ioctls of <linux/if_tun.h>. Each
+// returns 0 (or an fd) or -errno.
 // Attaches one queue of the existing TAP `name`: /dev/net/tun opened
 // non-blocking and close-on-exec, TUNSETIFF with IFF_TAP | IFF_NO_PI |
 // IFF_VNET_HDR (| IFF_MULTI_QUEUE), then TUNSETVNETHDRSZ `header_size`.
