@@ -28,12 +28,22 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// open): request headers, sector ranges, descriptor layouts, status
     /// buffers, discard and write-zeroes segments.
     case virtioBlock = "virtio-blk"
+    /// virtio-net, as virtio-rng, with [0] choosing device features (bit 0
+    /// mergeable receive buffers, 1 the control queue and two pairs, 2
+    /// checksum and TSO offloads, 3 offload control), on socket pairs for a
+    /// TAP: transmit chains, then frames of 60, 1514, 9000 and 65562 bytes
+    /// into the receive buffers, then every queue once more (control
+    /// commands).
+    case virtioNet = "virtio-net"
 
     /// Guest RAM: the rings at fixed places (a queue's at `queueStride` past
     /// the one before), everything else data. 1 MiB mapped once per process.
     static let ramSize: UInt64 = 1 << 20
     static let descriptors: UInt64 = 0x1000, available: UInt64 = 0x5000, used: UInt64 = 0x6000, queueStride: UInt64 = 0x10000
     static let barAddress: UInt64 = 0xE000_0000
+    /// virtio-net's five queues must all lie in a 64 KiB input: its rings
+    /// are 1 KiB apart (queues of up to 64 entries do not overlap).
+    static let netQueueStride: UInt64 = 0x400
 
     public func run(_ input: UnsafeRawBufferPointer) {
         guard input.count >= 4, let memory = Self.loadRAM(input) else { return }
@@ -46,6 +56,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             guard let block = Self.scratchBlock else { return }
             Self.bringUp(block, input, memory)
             block.reset()      // what is still in flight finishes before the next input reuses guest RAM
+        case .virtioNet:
+            Self.network(input, memory)
         }
     }
 
@@ -133,14 +145,61 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         }
     }
 
-    static func bringUp(_ device: any VirtioDevice, _ input: UnsafeRawBufferPointer, _ memory: GuestMemory) {
-        guard let f = try? VirtioPCIDevice(device: device, barAddress: barAddress, memory: memory, msix: { _ in NullMSIX() }) else { return }
+    /// The network target's backend: socket pairs that keep frame
+    /// boundaries, as a TAP's queues do.
+    final class SocketPairs: NetBackend, @unchecked Sendable {
+        let fds: [Int32]
+        let peers: [Int32]
+        init?(_ count: Int) {
+            var mine: [Int32] = [], theirs: [Int32] = []
+            for _ in 0..<count {
+                var sv: [Int32] = [0, 0]
+                guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0, &sv) == 0 else {
+                    for fd in mine + theirs { close(fd) }
+                    return nil
+                }
+                mine.append(sv[0])
+                theirs.append(sv[1])
+            }
+            fds = mine
+            peers = theirs
+        }
+        deinit { for fd in fds + peers { close(fd) } }
+        func setOffloads(_ flags: UInt32) -> Bool { true }
+        func setActiveQueues(_ count: Int) {}
+    }
+
+    static func network(_ input: UnsafeRawBufferPointer, _ memory: GuestMemory) {
+        let choice = input[0]
+        guard let backend = SocketPairs(choice & 2 != 0 ? 2 : 1) else { return }
+        let net = VirtioNet(backend: backend, mac: [2, 0, 0, 0, 0, 1])
+        let F = VirtioNet.Feature.self
+        var features: UInt64 = F.mtu | F.mac | F.status
+        if choice & 1 != 0 { features |= F.mergeableRxBuffers }
+        if choice & 2 != 0 { features |= F.controlQueue | F.multiQueue }
+        if choice & 4 != 0 { features |= F.csum | F.guestCsum | F.hostTSO4 | F.guestTSO4 | F.hostTSO6 | F.guestTSO6 }
+        if choice & 8 != 0 { features |= F.ctrlGuestOffloads | F.controlQueue }
+        guard let f = bringUp(net, input, memory, deviceFeatures: features, stride: netQueueStride) else { return }
+        var frame = [UInt8](repeating: 0, count: VirtioNet.maxPacket)
+        for (i, size) in [60, 1514, 9000, VirtioNet.maxPacket].enumerated() {
+            frame[0] = UInt8(i)
+            _ = send(backend.peers[i % backend.peers.count], frame, size, 0)
+        }
+        for pair in 0..<backend.fds.count { f.serviceInput(pair) }
+        for q in 0..<net.queueMaxSizes.count { f.service(queue: q) }
+        for pair in 0..<backend.fds.count { f.serviceInput(pair) }
+    }
+
+    @discardableResult
+    static func bringUp(_ device: any VirtioDevice, _ input: UnsafeRawBufferPointer, _ memory: GuestMemory,
+                        deviceFeatures: UInt64 = 0, stride: UInt64 = queueStride) -> VirtioPCIDevice? {
+        guard let f = try? VirtioPCIDevice(device: device, barAddress: barAddress, memory: memory, msix: { _ in NullMSIX() }) else { return nil }
         func write(_ offset: Int, _ size: Int, _ value: UInt64) {
             var v = value
             withUnsafeBytes(of: &v) { f.write(address: f.barAddress + UInt64(offset), data: UnsafeRawBufferPointer(rebasing: $0[0..<size])) }
         }
         // A driver's bring-up with the fuzzed features and queue size (virtio 1.2 §3.1.1).
-        var features = VirtioFeature.version1
+        var features = VirtioFeature.version1 | deviceFeatures
         if input[1] & 1 != 0 { features |= VirtioFeature.eventIndex }
         if input[1] & 2 != 0 { features |= VirtioFeature.indirectDescriptors }
         if input[1] & 4 != 0 { features |= UInt64(input[1]) << 24 }          // maybe unoffered bits
@@ -149,7 +208,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         write(0x08, 4, 1); write(0x0C, 4, features >> 32)
         write(0x14, 1, 3 | 8)
         for q in 0..<device.queueMaxSizes.count {
-            let stride = UInt64(q) * queueStride
+            let stride = UInt64(q) * stride
             write(0x16, 2, UInt64(q))
             write(0x18, 2, 1 << UInt64(input[2] % 16))
             write(0x20, 4, descriptors + stride); write(0x24, 4, 0)
@@ -172,5 +231,6 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             f.service(queue: q)
             f.service(queue: q)
         }
+        return f
     }
 }
