@@ -2,78 +2,92 @@ import Foundation
 import Testing
 
 /// virtio-net with a real Linux guest, through the sandbox: one session in a
-/// fresh network namespace of L1 (all traffic stays in it), a multi-queue
-/// TAP with the host's end at 10.0.0.1, one boot with two vCPUs and two
-/// queue pairs at 10.0.0.2, many checks.
+/// fresh network namespace of L1 (all traffic stays in it). First a
+/// multi-queue TAP with the host's end at 10.0.0.1 and one boot with two
+/// vCPUs and two queue pairs at 10.0.0.2 (offloads on, then off); then two
+/// guests on a bridge. The guest's side is Tests/Net/guest.sh, the host's
+/// Tests/Net/host-side.py.
 @Suite(.serialized) struct NetTests {
     static let bulkBytes = 16 << 20
     static let smallBytes = 256 << 10
-    static let flows = 4
     static let mac = "02:5e:00:00:00:2a"
 
     struct Session {
         let stdout: String
         let stderr: String
+        /// svmm's status for the main guest and the two bridged ones.
         let status: Int32
-        /// The host's sha256 of what it sent and received: "BYTES SHA" lines.
+        let bridged: [Int32]
+        /// What the host received: a "BYTES SHA256" line per connection.
         let hostReceived: [String]
-        let bulkSHA: String
-        let smallSHA: String
+        /// The sha256 of what the host sent: the bulk flows (offloads on, off) and the small ones.
+        let sentSHA: (a: String, b: String, small: String)
+    }
+
+    static func sha256(_ command: String) throws -> String {
+        String(try runProgram("/bin/sh", ["-c", command + " | sha256sum"]).stdout.prefix(64))
     }
 
     static let session: Result<Session, Error> = Result {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("svmm-net-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let made = try runProgram("/bin/sh", ["-c", "cd '\(dir)' && head -c \(bulkBytes) /dev/urandom > bulk && head -c \(smallBytes) /dev/urandom > small"])
+        // The guest's initramfs: the test guest's, ethtool, and /net-test.sh.
+        let setup = """
+            cd '\(dir)' && head -c \(bulkBytes) /dev/urandom > bulk-a && head -c \(bulkBytes) /dev/urandom > bulk-b &&
+            head -c \(smallBytes) /dev/urandom > small &&
+            cat '\(artifactCache)/guest/initramfs.cpio.gz' > initrd && truncate -s %4 initrd &&
+            cat '\(artifactCache)/guest/nettools.cpio.gz' >> initrd && truncate -s %4 initrd &&
+            python3 -c "import sys; sys.path.insert(0, '\(repoPath("Scripts"))'); from cpio import Cpio; c = Cpio(); \
+            c.file('net-test.sh', open('\(repoPath("Tests/Net/guest.sh"))', 'rb').read(), 0o755); sys.stdout.buffer.write(c.finish())" >> initrd
+            """
+        let made = try runProgram("/bin/sh", ["-c", setup])
         guard made.status == 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSLocalizedDescriptionKey: made.stderr]) }
-        let bulkSHA = String(try runProgram("/bin/sh", ["-c", "sha256sum < '\(dir)/bulk'"]).stdout.prefix(64))
-        let smallSHA = String(try runProgram("/bin/sh", ["-c", "sha256sum < '\(dir)/small'"]).stdout.prefix(64))
-        // The guest: address from its command line, ping, a bulk flow and
-        // small ones to the host (from each vCPU: transmit queues follow the
-        // CPU), then listens for the host's flows (receive queues follow the
-        // TAP's flow hash).
-        let ports = (0..<flows).map { 5010 + $0 }
-        let guest = [
-            "ip link set eth0 up && ip addr add 10.0.0.2/24 dev eth0",
-            "echo NET-LINK $(cat /sys/class/net/eth0/address) mtu=$(cat /sys/class/net/eth0/mtu) $(cat /sys/class/net/eth0/operstate)",
-            "echo NET-QUEUES $(ls -d /sys/class/net/eth0/queues/rx-* | wc -l) $(ls -d /sys/class/net/eth0/queues/tx-* | wc -l)",
-            "ping -c 3 -W 10 10.0.0.1 >/dev/null; echo NET-PING $?",
-            "head -c \(smallBytes) /dev/zero > /tmp/small",
-            "dd if=/dev/urandom of=/tmp/bulk bs=65536 count=\(bulkBytes >> 16) 2>/dev/null; echo NET-BULK-SHA $(sha256sum < /tmp/bulk)",
-            "nc 10.0.0.1 5001 < /tmp/bulk; echo NET-SENT $?",
-            "for i in \((0..<flows).map(String.init).joined(separator: " ")); do taskset -c $((i % 2)) nc 10.0.0.1 5001 < /tmp/small; done; echo NET-SMALL-SENT $?",
-            "for p in 5002 \(ports.map(String.init).joined(separator: " ")); do nc -l -p $p > /tmp/in-$p & done; sleep 1; echo NET-LISTENING",
-            "wait; echo NET-RECEIVED $(sha256sum < /tmp/in-5002) \(ports.map { "$(sha256sum < /tmp/in-\($0))" }.joined(separator: " "))",
-        ].joined(separator: "; ")
-        let cmdline = "console=ttyS0 panic=-1 quiet svmm_cmd=\"\(guest)\""
-        let hostSide = repoPath("Tests/Net/host-side.py")
+        let sentSHA = (try sha256("cat '\(dir)/bulk-a'"), try sha256("cat '\(dir)/bulk-b'"), try sha256("cat '\(dir)/small'"))
+        let hostSide = "/usr/bin/python3 '\(repoPath("Tests/Net/host-side.py"))'"
+        let svmm = "'\(svmmPath)' boot --initrd initrd --exit-stats"
+        func cmdline(_ command: String) -> String { "'console=ttyS0 panic=-1 quiet svmm_cmd=\"sh /net-test.sh \(command)\"'" }
         let inner = """
             set -u
             cd '\(dir)'
+            waitfor() { i=0; while ! grep -q "$1" "$2" && [ $i -lt 3000 ] && kill -0 $3 2>/dev/null; do sleep 0.2; i=$((i+1)); done; }
             ip link set lo up
             ip tuntap add tap0 mode tap multi_queue && ip link set tap0 mtu 1400 &&
                 ip addr add 10.0.0.1/24 dev tap0 && ip link set tap0 up || echo "=== setup failed"
-            /usr/bin/python3 '\(hostSide)' serve 5001 \(1 + flows) received &
+            \(hostSide) serve 5001 6 received &
             server=$!
-            '\(svmmPath)' boot --cpus 2 --memory 256M --timeout 500s --exit-stats --net tap=tap0,mac=\(mac) \\
-                --cmdline '\(cmdline.replacingOccurrences(of: "'", with: "'\\''"))' </dev/null >guest.out 2>&1 &
-            svmm=$!
-            i=0; while ! grep -q NET-LISTENING guest.out && [ $i -lt 3000 ] && kill -0 $svmm 2>/dev/null; do sleep 0.2; i=$((i+1)); done
+            \(svmm) --cpus 2 --memory 256M --timeout 600s --net tap=tap0,mac=\(mac) --cmdline \(cmdline("main")) </dev/null >guest.out 2>&1 &
+            guest=$!
+            waitfor NET-LISTENING-A guest.out $guest
             ping -c 3 -W 10 10.0.0.2 >/dev/null; echo "=== host-ping $?"
-            /usr/bin/python3 '\(hostSide)' send 10.0.0.2 5002 bulk; echo "=== host-sent $?"
-            for p in \(ports.map(String.init).joined(separator: " ")); do /usr/bin/python3 '\(hostSide)' send 10.0.0.2 $p small; done
-            wait $svmm; echo "=== status $?"
+            \(hostSide) send 10.0.0.2 5002 bulk-a; echo "=== host-sent-a $?"
+            for p in 5010 5011 5012 5013; do \(hostSide) send 10.0.0.2 $p small; done; echo "=== host-sent-small $?"
+            waitfor NET-LISTENING-B guest.out $guest
+            \(hostSide) send 10.0.0.2 5003 bulk-b; echo "=== host-sent-b $?"
+            wait $guest; echo "=== status $?"
             kill $server 2>/dev/null; wait $server 2>/dev/null
             cat guest.out
-            echo "=== host received"; cat received
+            # Two guests on a bridge, each on its own TAP (default MACs: one per TAP name).
+            ip link add br0 type bridge && ip link set br0 up &&
+                for t in tb1 tb2; do ip tuntap add $t mode tap && ip link set $t master br0 && ip link set $t up; done ||
+                echo "=== bridge setup failed"
+            \(svmm) --memory 160M --timeout 300s --net tap=tb1 --cmdline \(cmdline("bridge 10.0.1.2 10.0.1.3 listen")) </dev/null >bridge1.out 2>&1 &
+            one=$!
+            \(svmm) --memory 160M --timeout 300s --net tap=tb2 --cmdline \(cmdline("bridge 10.0.1.3 10.0.1.2 send")) </dev/null >bridge2.out 2>&1 &
+            two=$!
+            wait $one; echo "=== bridged-1 $?"
+            wait $two; echo "=== bridged-2 $?"
+            cat bridge1.out bridge2.out
             """
-        let r = try sandbox(["--timeout", "900", "--modules", "tun", "--", "unshare", "-n", "sh", "-c", inner])
+        let r = try sandbox(["--timeout", "1200", "--modules", "tun,bridge", "--", "unshare", "-n", "sh", "-c", inner])
         let received = try? String(contentsOfFile: dir + "/received", encoding: .utf8)
         try? FileManager.default.removeItem(atPath: dir)
-        var status: Int32 = -1
-        if let range = r.stdout.range(of: "=== status ") { status = Int32(r.stdout[range.upperBound...].prefix { $0.isNumber }) ?? -1 }
-        return Session(stdout: r.stdout, stderr: r.stderr, status: status,
-                       hostReceived: (received ?? "").split(separator: "\n").map(String.init), bulkSHA: bulkSHA, smallSHA: smallSHA)
+        func number(after marker: String) -> Int32 {
+            guard let range = r.stdout.range(of: marker) else { return -1 }
+            return Int32(r.stdout[range.upperBound...].prefix { $0.isNumber }) ?? -1
+        }
+        return Session(stdout: r.stdout, stderr: r.stderr, status: number(after: "=== status "),
+                       bridged: [number(after: "=== bridged-1 "), number(after: "=== bridged-2 ")],
+                       hostReceived: (received ?? "").split(separator: "\n").map(String.init), sentSHA: sentSHA)
     }
 
     func line(_ s: Session, _ prefix: String) -> String {
@@ -90,34 +104,58 @@ import Testing
         #expect(line(s, "=== host-ping") == "=== host-ping 0")
     }
 
-    /// TCP from the guest to the host and back, with equal checksums.
-    @Test func tcpCarriesTheBytesBothWays() throws {
+    /// TCP both ways with equal checksums: 100 MB to the host and 16 MiB
+    /// from it with the offloads on, 16 MiB each way with them off (the
+    /// guest's transmit offloads, and its receive offloads through the
+    /// control queue), and four small flows each way.
+    @Test func tcpCarriesTheBytesBothWaysWithOffloadsOnAndOff() throws {
         let s = try Self.session.get()
-        let guestBulk = line(s, "NET-BULK-SHA").dropFirst("NET-BULK-SHA ".count).prefix(64)
-        #expect(line(s, "NET-SENT") == "NET-SENT 0")
-        #expect(s.hostReceived.first == "\(Self.bulkBytes) \(guestBulk)", "host received: \(s.hostReceived)")
-        let zeros = String(try runProgram("/bin/sh", ["-c", "head -c \(Self.smallBytes) /dev/zero | sha256sum"]).stdout.prefix(64))
-        #expect(Array(s.hostReceived.dropFirst()) == Array(repeating: "\(Self.smallBytes) \(zeros)", count: Self.flows))
-        #expect(line(s, "=== host-sent") == "=== host-sent 0")
-        let expected = "NET-RECEIVED " + ([s.bulkSHA] + Array(repeating: s.smallSHA, count: Self.flows)).map { "\($0) -" }.joined(separator: " ")
-        #expect(line(s, "NET-RECEIVED") == expected)
+        let a = try Self.sha256("yes svmm-net-A | head -c 100000000")
+        let small = try Self.sha256("yes svmm-net-small | head -c \(Self.smallBytes)")
+        let b = try Self.sha256("yes svmm-net-B | head -c \(Self.bulkBytes)")
+        #expect(line(s, "NET-SENT-A") == "NET-SENT-A 0" && line(s, "NET-SMALL-SENT") == "NET-SMALL-SENT 0" && line(s, "NET-SENT-B") == "NET-SENT-B 0")
+        #expect(s.hostReceived == ["100000000 \(a)"] + Array(repeating: "\(Self.smallBytes) \(small)", count: 4) + ["\(Self.bulkBytes) \(b)"],
+                "host received: \(s.hostReceived)")
+        #expect(line(s, "=== host-sent-a") == "=== host-sent-a 0" && line(s, "=== host-sent-small") == "=== host-sent-small 0"
+                && line(s, "=== host-sent-b") == "=== host-sent-b 0")
+        #expect(line(s, "NET-RECEIVED-A") == "NET-RECEIVED-A \(s.sentSHA.a) -" + String(repeating: " \(s.sentSHA.small) -", count: 4))
+        #expect(line(s, "NET-RECEIVED-B") == "NET-RECEIVED-B \(s.sentSHA.b) -")
+        #expect(line(s, "NET-OFFLOADS-ON") == "NET-OFFLOADS-ON tx-checksumming:on tcp-segmentation-offload:on rx-gro-hw:on")
+        #expect(line(s, "NET-OFFLOADS-SET") == "NET-OFFLOADS-SET 0")
+        #expect(line(s, "NET-OFFLOADS-OFF") == "NET-OFFLOADS-OFF tx-checksumming:off tcp-segmentation-offload:off rx-gro-hw:off")
     }
 
     /// Two vCPUs: two queue pairs (the default, one per vCPU), and with
-    /// flows from both vCPUs and several from the host, both pairs carried
-    /// frames both ways (svmm's per-pair counters).
+    /// flows from both vCPUs and several from the host, each pair's receive
+    /// and transmit counters are above zero, in the guest's `ethtool -S` and
+    /// in svmm's own counters.
     @Test func multiqueueUsesBothPairs() throws {
         let s = try Self.session.get()
         #expect(line(s, "NET-QUEUES") == "NET-QUEUES 2 2")
+        let guest = line(s, "NET-QUEUE-STATS").split(separator: " ").dropFirst()
+        #expect(guest.map { $0.prefix { $0 != ":" } } == ["rx_queue_0_packets", "rx_queue_1_packets", "tx_queue_0_packets", "tx_queue_1_packets"],
+                "\(guest)")
+        for counter in guest { #expect((Int(counter.split(separator: ":").last ?? "") ?? 0) > 0, "\(counter)") }
         let stats = line(s, "svmm: net 0 tap0:")
         let pairs = stats.split(separator: ";").map(String.init)
         #expect(pairs.count == 2, "\(stats)")
         for p in pairs {
+            // pair N rx PACKETS (BYTES B, DROPPED dropped) tx PACKETS (BYTES B, DROPPED dropped) descriptors D
             let fields = p.components(separatedBy: "pair ").last ?? ""
             let numbers = fields.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
-            // pair N rx PACKETS (BYTES B, DROPPED dropped) tx PACKETS (BYTES B, DROPPED dropped) descriptors D
             #expect(numbers.count == 8 && numbers[1] > 0 && numbers[4] > 0, "\(p)")
         }
+    }
+
+    /// Two guests on one bridge, each on its own TAP: they ping each other
+    /// and one sends the other 1 MiB over TCP, checksum equal.
+    @Test func twoGuestsOnABridgeReachEachOther() throws {
+        let s = try Self.session.get()
+        #expect(s.bridged == [0, 0], "stdout: \(s.stdout.suffix(3000))")
+        #expect(line(s, "NET-BRIDGE-PING 10.0.1.2") == "NET-BRIDGE-PING 10.0.1.2 0")
+        #expect(line(s, "NET-BRIDGE-PING 10.0.1.3") == "NET-BRIDGE-PING 10.0.1.3 0")
+        let sent = try Self.sha256("yes svmm-bridge | head -c 1048576")
+        #expect(line(s, "NET-BRIDGE-RECEIVED") == "NET-BRIDGE-RECEIVED \(sent) -")
     }
 
     /// Bad TAPs, on this host in a fresh network namespace (svmm attaches
