@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/if_tun.h>
+#include <linux/vhost.h>
+#include <stdlib.h>
 #include <net/if.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -75,6 +77,64 @@ int chost_if_mtu(const char *name) {
     int r = ioctl(s, SIOCGIFMTU, &ifr) == 0 ? ifr.ifr_mtu : -errno;
     close(s);
     return r;
+}
+
+int chost_vhost_net_open(void) {
+    int fd = open("/dev/vhost-net", O_RDWR | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    if (ioctl(fd, VHOST_SET_OWNER) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+int chost_vhost_get_features(int fd, uint64_t *features) {
+    return ioctl(fd, VHOST_GET_FEATURES, features) == 0 ? 0 : -errno;
+}
+
+int chost_vhost_set_features(int fd, uint64_t features) {
+    return ioctl(fd, VHOST_SET_FEATURES, &features) == 0 ? 0 : -errno;
+}
+
+int chost_vhost_set_mem_table(int fd, const uint64_t *regions, int count) {
+    struct vhost_memory *m = calloc(1, sizeof *m + (size_t)count * sizeof m->regions[0]);
+    if (!m) return -ENOMEM;
+    m->nregions = (uint32_t)count;
+    for (int i = 0; i < count; i++) {
+        m->regions[i].guest_phys_addr = regions[3 * i];
+        m->regions[i].memory_size = regions[3 * i + 1];
+        m->regions[i].userspace_addr = regions[3 * i + 2];
+    }
+    int r = ioctl(fd, VHOST_SET_MEM_TABLE, m) == 0 ? 0 : -errno;
+    free(m);
+    return r;
+}
+
+int chost_vhost_set_vring(int fd, unsigned index, unsigned num, uint64_t desc, uint64_t avail, uint64_t used,
+                          unsigned base, int kick, int call) {
+    struct vhost_vring_state size = {.index = index, .num = num};
+    struct vhost_vring_state first = {.index = index, .num = base};
+    struct vhost_vring_addr addr = {.index = index, .desc_user_addr = desc, .avail_user_addr = avail, .used_user_addr = used};
+    struct vhost_vring_file k = {.index = index, .fd = kick}, c = {.index = index, .fd = call};
+    if (ioctl(fd, VHOST_SET_VRING_NUM, &size) != 0 || ioctl(fd, VHOST_SET_VRING_BASE, &first) != 0 ||
+        ioctl(fd, VHOST_SET_VRING_ADDR, &addr) != 0 || ioctl(fd, VHOST_SET_VRING_KICK, &k) != 0 ||
+        ioctl(fd, VHOST_SET_VRING_CALL, &c) != 0)
+        return -errno;
+    return 0;
+}
+
+int chost_vhost_get_vring_base(int fd, unsigned index, unsigned *base) {
+    struct vhost_vring_state s = {.index = index};
+    if (ioctl(fd, VHOST_GET_VRING_BASE, &s) != 0) return -errno;
+    *base = s.num;
+    return 0;
+}
+
+int chost_vhost_net_set_backend(int fd, unsigned index, int backend) {
+    struct vhost_vring_file f = {.index = index, .fd = backend};
+    return ioctl(fd, VHOST_NET_SET_BACKEND, &f) == 0 ? 0 : -errno;
 }
 
 int chost_tap_set_queue(int fd, int attach) {

@@ -55,7 +55,7 @@ public final class LinuxMachine: Sendable {
         if config.entropy { try b.addVirtio(VirtioRNG(), name: "virtio-rng") }
         disks = config.disks.map { VirtioBlock(disk: $0, queues: config.cpus) }
         for (i, disk) in disks.enumerated() { try b.addVirtio(disk, name: "virtio-blk\(i)") }
-        nets = config.nets.map { VirtioNet(backend: $0.tap, mac: $0.mac, mtu: $0.tap.mtu) }
+        nets = config.nets.map { VirtioNet(backend: $0.tap, mac: $0.mac, mtu: $0.tap.mtu, vhost: $0.vhost) }
         for (i, net) in nets.enumerated() { try b.addVirtio(net, name: "virtio-net\(i)") }
         b.addPCIHostBridge()
 

@@ -40,6 +40,8 @@ final class KVMMSIX: MSIXDelivery {
         guard vector < events.count else { return }
         events[vector].signal()
     }
+
+    func eventFD(vector: Int) -> Int32? { vector < events.count ? events[vector].fd : nil }
 }
 
 /// The one way a machine is put together, for the Linux board and the

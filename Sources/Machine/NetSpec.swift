@@ -82,13 +82,16 @@ public struct NetSpecError: Error, Sendable, Equatable {
     init(_ message: String) { self.message = message }
 }
 
-/// One `--net`, opened: its TAP (with a queue per pair) and the guest's MAC.
+/// One `--net`, opened: its TAP (with a queue per pair), the guest's MAC, and whether vhost-net carries the data.
 public struct NetInterface: Sendable {
     public let tap: Tap
     public let mac: [UInt8]
+    /// The data path in the host kernel (vhost-net).
+    public let vhost: Bool
 
-    public init(tap: Tap, mac: [UInt8]) {
+    public init(tap: Tap, mac: [UInt8], vhost: Bool = false) {
         self.tap = tap
         self.mac = mac
+        self.vhost = vhost
     }
 }

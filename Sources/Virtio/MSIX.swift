@@ -5,6 +5,12 @@ public protocol MSIXDelivery: AnyObject, Sendable {
     /// The guest (re)programmed `vector`'s message.
     func program(vector: Int, address: UInt64, data: UInt32)
     func fire(vector: Int)
+    /// The eventfd whose signal raises `vector` without svmm (an irqfd), or nil.
+    func eventFD(vector: Int) -> Int32?
+}
+
+extension MSIXDelivery {
+    public func eventFD(vector: Int) -> Int32? { nil }
 }
 
 /// One function's MSI-X table and pending-bit array (PCI Local Bus 3.0

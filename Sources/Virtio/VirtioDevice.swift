@@ -24,6 +24,16 @@ public protocol VirtioQueueContext: AnyObject {
     func interruptIfNeeded(_ queue: Virtqueue, index: Int)
 }
 
+/// What a device may take from its transport when the driver starts it:
+/// the eventfds to hand to the host kernel (vhost).
+public protocol VirtioTransport: AnyObject {
+    /// The eventfd KVM signals when the guest notifies queue `index`.
+    func notifyFD(queue index: Int) -> Int32
+    /// An eventfd whose signal raises queue `index`'s MSI-X vector in KVM
+    /// (an irqfd), or nil (no vector, or no irqfd behind it).
+    func interruptFD(queue index: Int) -> Int32?
+}
+
 /// A virtio device behind a transport: its identity, configuration space
 /// and what it does with its queues. Queue handlers run on the device's
 /// own thread, one at a time.
@@ -47,9 +57,14 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func wantsInput(_ index: Int) -> Bool
     /// Called on the device thread when `inputFDs[index]` is readable; `queues` are the active queues.
     func inputReady(_ index: Int, queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError)
-    /// The features the driver accepted, when it sets DRIVER_OK (before its
-    /// queues are served).
-    func activate(features: UInt64)
+    /// The features the driver accepted and its queues, when it sets
+    /// DRIVER_OK (before the queues are served).
+    func activate(features: UInt64, queues: [Virtqueue?], transport: VirtioTransport)
+    /// Whether queue `index` is served by the host kernel (vhost): the
+    /// transport then neither polls its notifications nor serves it.
+    func servedInKernel(queue index: Int) -> Bool
+    /// Continues after `quiesce` (a resumed pause).
+    func resume()
     /// Finishes whatever it has in flight (a pause): when this returns the
     /// device touches neither guest RAM nor the queues until it is served again.
     func quiesce(queues: [Virtqueue?], context: VirtioQueueContext)
@@ -61,7 +76,9 @@ extension VirtioDevice {
     public var inputFDs: [Int32] { [] }
     public func wantsInput(_ index: Int) -> Bool { false }
     public func inputReady(_ index: Int, queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError) {}
-    public func activate(features: UInt64) {}
+    public func activate(features: UInt64, queues: [Virtqueue?], transport: VirtioTransport) {}
+    public func servedInKernel(queue index: Int) -> Bool { false }
+    public func resume() {}
     public func quiesce(queues: [Virtqueue?], context: VirtioQueueContext) {}
     public func reset() {}
 }

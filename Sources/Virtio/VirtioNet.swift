@@ -105,10 +105,20 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
     /// Per pair: a frame read from the backend and not yet given to the guest.
     let frames: [UnsafeMutableRawBufferPointer]
     var frameLength: [Int]
+    /// Whether the data path is to be the host kernel's (vhost-net).
+    public let vhost: Bool
+    /// The vhost-net instances of the pairs the kernel serves (from DRIVER_OK to reset).
+    var kernel: [(pair: Int, vhost: VhostNet)] = []
+    /// Pairs the kernel serves: their queues and TAP descriptors are not svmm's.
+    let kernelPairs = Atomic<UInt64>(0)
 
     /// `pairs` queue pairs, one per backend descriptor (at most `maxPairs`).
-    public init(backend: NetBackend, mac: [UInt8], mtu: Int = 1500) {
+    /// With `vhost`, the host kernel carries the frames (vhost-net, one
+    /// instance per pair) and svmm serves the control queue alone; where
+    /// vhost-net refuses, one line says so and svmm serves the data path.
+    public init(backend: NetBackend, mac: [UInt8], mtu: Int = 1500, vhost: Bool = false) {
         precondition(mac.count == 6 && !backend.fds.isEmpty)
+        self.vhost = vhost
         self.backend = backend
         self.mac = mac
         self.mtu = mtu
@@ -142,15 +152,79 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
 
     public func writeConfig(offset: Int, data: UnsafeRawBufferPointer) {}   // the MAC is not writable (no legacy)
 
-    public func activate(features: UInt64) {
+    public func activate(features: UInt64, queues: [Virtqueue?], transport: VirtioTransport) {
         self.features = features
         activePairs.store(1, ordering: .relaxed)
         stalled.store(0, ordering: .relaxed)
         backend.setActiveQueues(1)
         backend.setOffloads(Self.tunOffloads(features & Feature.guestOffloads))
+        if vhost {
+            do { try startKernelPairs(queues: queues, transport: transport) } catch {
+                stopKernelPairs()
+                Messages.line("svmm: virtio-net: vhost-net: \(error); the userspace path runs")
+            }
+        }
+    }
+
+    /// Hands every pair whose two queues the driver enabled to a vhost-net
+    /// instance: the ring features, guest RAM, each vring's addresses, its
+    /// notification eventfd (kick) and its MSI-X irqfd (call), the TAP queue.
+    func startKernelPairs(queues: [Virtqueue?], transport: VirtioTransport) throws {
+        var mask: UInt64 = 0
+        for pair in 0..<pairs {
+            guard 2 * pair + 1 < queues.count, let rx = queues[2 * pair], let tx = queues[2 * pair + 1] else { continue }
+            let v = try VhostNet()
+            let wanted = features & VhostNet.ringFeatures
+            let offered = try v.features()
+            guard wanted & ~offered == 0 else {
+                throw HostError("VHOST_GET_FEATURES lacks 0x\(String(wanted & ~offered, radix: 16))", .notSupported)
+            }
+            try v.setFeatures(wanted)
+            try v.setMemory(rx.memory)
+            for (ring, q) in [rx, tx].enumerated() {
+                let index = 2 * pair + ring
+                guard let call = transport.interruptFD(queue: index) else {
+                    throw HostError("queue \(index) has no MSI-X vector for vhost-net's interrupts", .invalidArgument)
+                }
+                let size = Int(q.size)
+                func host(_ address: UInt64, _ count: Int) throws -> UInt64 {
+                    // SAFETY: the kernel uses the address while this vhost instance
+                    // lives; it is closed (reset, stop) before guest RAM is unmapped.
+                    UInt64(UInt(bitPattern: try q.memory.ioVector(at: address, count: count).iov_base))
+                }
+                try v.setVring(ring, size: q.size, descriptors: try host(q.descriptorTable, 16 * size),
+                               available: try host(q.availableRing, 6 + 2 * size), used: try host(q.usedRing, 6 + 8 * size),
+                               base: q.nextAvailable, kick: transport.notifyFD(queue: index), call: call)
+                try v.setBackend(ring, fd: backend.fds[pair])
+            }
+            kernel.append((pair, v))
+            mask |= 1 << UInt64(pair)
+        }
+        kernelPairs.store(mask, ordering: .releasing)
+    }
+
+    /// Closes the vhost-net instances: once this returns the kernel touches
+    /// neither guest RAM nor the TAP queues for them.
+    func stopKernelPairs() {
+        kernelPairs.store(0, ordering: .releasing)
+        kernel = []
+    }
+
+    public func servedInKernel(queue index: Int) -> Bool {
+        index != controlQueue && index / 2 < Self.maxPairs && kernelPairs.load(ordering: .acquiring) & (1 << UInt64(index / 2)) != 0
+    }
+
+    /// A pause: the kernel's rings stop (no backend) until `resume`.
+    public func quiesce(queues: [Virtqueue?], context: VirtioQueueContext) {
+        for (_, v) in kernel { try? v.setBackend(0, fd: -1); try? v.setBackend(1, fd: -1) }
+    }
+
+    public func resume() {
+        for (pair, v) in kernel { try? v.setBackend(0, fd: backend.fds[pair]); try? v.setBackend(1, fd: backend.fds[pair]) }
     }
 
     public func reset() {
+        stopKernelPairs()
         features = 0
         for i in frameLength.indices { frameLength[i] = 0 }
         activePairs.store(1, ordering: .relaxed)
@@ -177,7 +251,9 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
     public var inputFDs: [Int32] { Array(backend.fds.prefix(pairs)) }
 
     public func wantsInput(_ index: Int) -> Bool {
-        index < activePairs.load(ordering: .relaxed) && stalled.load(ordering: .relaxed) & (1 << UInt64(index)) == 0
+        let bit: UInt64 = 1 << UInt64(index)
+        return index < activePairs.load(ordering: .relaxed) && stalled.load(ordering: .relaxed) & bit == 0
+            && kernelPairs.load(ordering: .relaxed) & bit == 0
     }
 
     public func inputReady(_ index: Int, queues: [Virtqueue?], context: VirtioQueueContext) throws(VirtqueueError) {

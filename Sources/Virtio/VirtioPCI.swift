@@ -9,7 +9,7 @@ import VMCore
 /// common configuration in VirtioPCICommonConfig.swift, MSI-X in MSIX.swift).
 /// Queue notifications are event fds (`notifyEvents`, which the board hands
 /// to KVM as ioeventfds); the device runs on its own thread.
-public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, @unchecked Sendable {
+public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, VirtioTransport, @unchecked Sendable {
     // SAFETY (@unchecked Sendable): mutable transport state is in `state`
     // (a Mutex); the worker's queues are in `active` (a Mutex); `paused` is
     // an atomic; everything else is immutable after init.
@@ -94,7 +94,7 @@ public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, 
             switch action {
             case .none: break
             case .reset: stopQueues(); device.reset()
-            case .activate(let queues, let features): device.activate(features: features); startQueues(queues)
+            case .activate(let queues, let features): device.activate(features: features, queues: queues, transport: self); startQueues(queues)
             }
         case Self.deviceOffset..<(Self.deviceOffset + 0x100):
             device.writeConfig(offset: offset - Self.deviceOffset, data: data)
@@ -151,6 +151,13 @@ public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, 
 
     // MARK: Queues and the device thread
 
+    public func notifyFD(queue index: Int) -> Int32 { notifyEvents[index].fd }
+
+    public func interruptFD(queue index: Int) -> Int32? {
+        let vector = state.withLock { s in index < s.queues.count ? s.queues[index].vector : Self.noVector }
+        return vector == Self.noVector ? nil : msix.eventFD(vector: Int(vector))
+    }
+
     func startQueues(_ queues: [Virtqueue?]) {
         active.withLock { $0 = queues }
         for e in notifyEvents { e.signal() }   // look at whatever the driver queued before DRIVER_OK
@@ -164,6 +171,7 @@ public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, 
     /// off while busy (re-checked after turning them back on). Nothing while
     /// paused.
     func service(queue index: Int) {
+        guard !device.servedInKernel(queue: index) else { return }
         let failure = active.withLock { queues -> VirtqueueError? in
             guard !paused.load(ordering: .acquiring), let queues, index < queues.count, let q = queues[index] else { return nil }
             do throws(VirtqueueError) {
@@ -198,7 +206,11 @@ public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, 
         let inputs = device.inputFDs
         while !stopping.load(ordering: .acquiring) {
             let isPaused = paused.load(ordering: .acquiring)
-            var fds = [controlWait] + (isPaused ? [] : waits)
+            // A queue the host kernel serves (vhost) is not polled: its fd stays in the
+            // list (indices line up) with no events asked.
+            var fds = [controlWait] + (isPaused ? [] : waits.enumerated().map { i, w in
+                device.servedInKernel(queue: i) ? pollfd(fd: -1, events: 0, revents: 0) : w
+            })
             var polled: [Int] = []      // which of the device's inputs follow the notifications
             if !isPaused && !inputs.isEmpty && active.withLock({ $0 != nil }) {
                 for (i, fd) in inputs.enumerated() where device.wantsInput(i) {
@@ -233,6 +245,7 @@ public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, 
     /// Continues after `pause()`, looking at every queue once: notifications
     /// the device thread took just before the pause are not lost.
     public func resume() {
+        active.withLock { queues in if queues != nil { device.resume() } }
         paused.store(false, ordering: .releasing)
         for e in notifyEvents { e.signal() }
         control.signal()

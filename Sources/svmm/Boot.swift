@@ -68,7 +68,7 @@ struct Boot: ParsableCommand {
 
     @Option(name: .customLong("net"), help: ArgumentHelp(
         "A network interface: tap=NAME[,mac=MAC][,queues=N][,vhost=on|off]; repeat for more.",
-        discussion: "NAME is an existing TAP device (svmm never creates one), the guest's eth0, eth1, ... in order (virtio-net). mac: the guest's address (default: stable for the TAP's name, locally administered). queues: queue pairs (default one per vCPU; one on a TAP made without multi-queue support). A missing or non-TAP NAME exits 68, a TAP in use 75, one not yours 77."))
+        discussion: "NAME is an existing TAP device (svmm never creates one), the guest's eth0, eth1, ... in order (virtio-net). mac: the guest's address (default: stable for the TAP's name, locally administered). queues: queue pairs (default one per vCPU; one on a TAP made without multi-queue support). vhost=on: the host kernel carries the frames (vhost-net); without /dev/vhost-net, one line says so and svmm does. A missing or non-TAP NAME exits 68, a TAP in use 75, one not yours 77."))
     var nets: [String] = []
 
     @Option(help: "Number of vCPUs.")
@@ -130,10 +130,14 @@ struct Boot: ParsableCommand {
         if tap.singleQueueOnly {
             Messages.line("svmm: TAP \(options.tap) was created without multi-queue support: one queue pair, not \(wanted)")
         }
-        if options.vhost {
-            Messages.line("svmm: TAP \(options.tap): vhost=on: svmm's in-kernel (vhost-net) data path is not built yet; the userspace path runs")
+        var vhost = options.vhost
+        if vhost {
+            do throws(HostError) { _ = try VhostNet() } catch {
+                Messages.line("svmm: TAP \(options.tap): vhost=on: \(error); the userspace path runs")
+                vhost = false
+            }
         }
-        return NetInterface(tap: tap, mac: options.mac ?? Tap.defaultMAC(for: options.tap))
+        return NetInterface(tap: tap, mac: options.mac ?? Tap.defaultMAC(for: options.tap), vhost: vhost)
     }
 
     /// Opens the files and builds the machine; the kernel and initrd are read

@@ -38,6 +38,11 @@ final class SocketNetBackend: NetBackend, @unchecked Sendable {
     }
 }
 
+final class NoTransport: VirtioTransport {
+    func notifyFD(queue index: Int) -> Int32 { -1 }
+    func interruptFD(queue index: Int) -> Int32? { nil }
+}
+
 /// virtio-net's queues driven as Linux's virtio_net drives them: transmit
 /// chains of header and frame, receive buffers (mergeable or not), control
 /// commands; the frames read back on the other end of the backend.
@@ -56,7 +61,7 @@ final class SocketNetBackend: NetBackend, @unchecked Sendable {
     func device(pairs: Int = 1, features: UInt64) -> (VirtioNet, SocketNetBackend) {
         let backend = SocketNetBackend(pairs: pairs)
         let net = VirtioNet(backend: backend, mac: Self.mac, mtu: 1400)
-        net.activate(features: features | VirtioFeature.version1)
+        net.activate(features: features | VirtioFeature.version1, queues: [], transport: NoTransport())
         return (net, backend)
     }
 

@@ -32,6 +32,16 @@ main)
     echo NET-RECEIVED-B $(cat /tmp/recv-b)
     echo NET-QUEUE-STATS $(ethtool -S eth0 | grep -E '(rx|tx)_queue_[01]_packets' | tr -d ' ' | sort | tr '\n' ' ')
     ;;
+vhost)
+    # The data path in the host kernel (vhost-net): ping, 16 MiB each way.
+    ip link set eth0 up && ip addr add 10.0.0.2/24 dev eth0
+    ping -c 3 -W 10 10.0.0.1 >/dev/null; echo NET-VHOST-PING $?
+    yes svmm-net-C | head -c 16777216 | nc 10.0.0.1 5005; echo NET-VHOST-SENT $?
+    (nc -l -p 5004 | sha256sum > /tmp/recv-c) &
+    sleep 1; echo NET-LISTENING-C; wait
+    echo NET-VHOST-RECEIVED $(cat /tmp/recv-c)
+    echo NET-VHOST-STATS $(ethtool -S eth0 | grep -E '(rx|tx)_queue_0_packets' | tr -d ' ' | sort | tr '\n' ' ')
+    ;;
 bridge)
     # bridge ADDRESS PEER listen|send: two guests on one bridge. Each pings
     # the other once it answers; then one TCP flow from the sender.

@@ -65,6 +65,22 @@ int chost_tap_attach(const char *name, int multi_queue, int header_size);
 int chost_tap_set_offload(int fd, unsigned offloads);
 // TUNSETQUEUE: attach (1) or detach (0) a multi-queue TAP's queue.
 int chost_tap_set_queue(int fd, int attach);
+// vhost-net (VMCore's VhostNet), the ioctls of <linux/vhost.h>. Each
+// returns 0 (or an fd) or -errno.
+// Opens /dev/vhost-net (close-on-exec) and takes ownership (VHOST_SET_OWNER).
+int chost_vhost_net_open(void);
+int chost_vhost_get_features(int fd, uint64_t *features);
+int chost_vhost_set_features(int fd, uint64_t features);
+// VHOST_SET_MEM_TABLE: `count` regions, each (guest address, size, host address).
+int chost_vhost_set_mem_table(int fd, const uint64_t *regions, int count);
+// Vring `index`: its size, ring addresses (host), first available index,
+// kick and call eventfds (VHOST_SET_VRING_NUM, _ADDR, _BASE, _KICK, _CALL).
+int chost_vhost_set_vring(int fd, unsigned index, unsigned num, uint64_t desc, uint64_t avail, uint64_t used,
+                          unsigned base, int kick, int call);
+// VHOST_GET_VRING_BASE: the next available index vring `index` would take.
+int chost_vhost_get_vring_base(int fd, unsigned index, unsigned *base);
+// VHOST_NET_SET_BACKEND: the TAP (or -1: none, the ring stops) for vring `index`.
+int chost_vhost_net_set_backend(int fd, unsigned index, int backend);
 // SIOCGIFMTU of the interface `name`, or -errno.
 int chost_if_mtu(const char *name);
 
