@@ -139,14 +139,16 @@ public final class GuestMemory: @unchecked Sendable {
     }
 
     /// The host address of `count` bytes at `address`, for I/O the host
-    /// kernel does asynchronously (AsyncIO): with KVM's memory slots, the one
-    /// pointer into guest RAM that outlives the call that made it.
+    /// kernel does asynchronously (AsyncIO) and for vhost-net's memory table
+    /// and ring addresses: with KVM's memory slots, the one pointer into
+    /// guest RAM that outlives the call that made it.
     ///
     /// SAFETY: the range was checked to lie in one region; the mapping lives
     /// as long as this object, and the caller holds this object (through its
     /// virtqueues) until every operation using the address has completed:
     /// virtio-blk waits for its operations in flight before a reset, a pause
-    /// and its own end.
+    /// and its own end; virtio-net closes its vhost-net instances on a reset
+    /// and detaches their backends on a pause.
     public func ioVector(at address: UInt64, count: Int) throws(GuestMemoryError) -> iovec {
         let b = try checked(address, count)
         return iovec(iov_base: b.baseAddress, iov_len: b.count)
