@@ -33,7 +33,7 @@ public struct VCPUState: Sendable, Equatable {
     static func read(_ vcpu: VCPU) -> VCPUState? {
         guard let regs = try? vcpu.registers() else { return nil }
         var s = VCPUState(rip: regs.rip, interruptsEnabled: regs.rflags & 0x200 != 0, mpState: try? vcpu.mpState())
-        if let mapped = try? vcpu.translate(regs.rip) { s.ripMapped = mapped != nil }
+        do { s.ripMapped = try vcpu.translate(regs.rip) != nil } catch {}     // nil: KVM would not say
         if let page = try? vcpu.lapicRegisters() {
             s.requested = Self.vectors(in: page, at: 0x200)
             s.inService = Self.vectors(in: page, at: 0x100)
