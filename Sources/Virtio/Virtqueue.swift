@@ -195,11 +195,19 @@ public final class Virtqueue: @unchecked Sendable {
     }
 
     /// Asks the driver to notify when it adds buffers (avail_event with
-    /// EVENT_IDX, else clearing NO_NOTIFY); returns true if some arrived
-    /// meanwhile, so the caller processes them instead of sleeping.
+    /// EVENT_IDX, else clearing NO_NOTIFY); returns true if some are
+    /// available and not taken, so the caller processes them instead of
+    /// sleeping.
+    ///
+    /// avail_event is the driver's own available index as read now, not
+    /// `nextAvailable`: a device that leaves chains it cannot use yet (a
+    /// receive queue whose buffers are too few for the frame it holds) must
+    /// hear of the next chain the driver adds, and a driver only notifies
+    /// when its index moves past avail_event (virtio 1.2 §2.7.10); an
+    /// avail_event behind chains already there would never be passed.
     public func enableNotification() -> Bool {
         if eventIndex {
-            try? memory.store(nextAvailable, at: usedRing + 4 + 8 * UInt64(size))
+            try? memory.store(availableIndex(), at: usedRing + 4 + 8 * UInt64(size))
         } else {
             try? memory.store(UInt16(0), at: usedRing)
         }

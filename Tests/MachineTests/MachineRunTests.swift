@@ -63,6 +63,27 @@ struct MachineRunTests {
         if state.ripMapped == nil { print("KVM_TRANSLATE is not answered by this KVM; the report leaves the mapping out") }
     }
 
+    /// The report asks KVM whether RIP is mapped in the guest's page tables:
+    /// a vCPU put at an address the loader's tables do not map is called
+    /// not the guest's state; at the kernel's entry it is not.
+    @Test func anUnmappedRIPIsReportedAsNotTheGuestsState() throws {
+        let kernel = SyntheticKernel.bzImage(code: [0xF4])
+        let config = BootConfiguration(kernelPath: "synthetic", kernel: kernel, cpus: 1, memoryBytes: 64 << 20)
+        let machine = try LinuxMachine(config: config, consoleOutput: { _ in })
+        let vcpu = try #require(machine.machine.vcpus.first)
+        let entry = try #require(VCPUState.read(vcpu))
+        guard entry.ripMapped != nil else {
+            print("KVM_TRANSLATE is not answered by this KVM; the mapping check cannot be tested here")
+            return
+        }
+        #expect(entry.ripMapped == true && !entry.summary.contains(VCPUState.notTheGuests), "\(entry.summary)")
+        var regs = try vcpu.registers()
+        regs.rip = 0x7F00_0000_0000     // canonical, far above the identity map of low memory
+        try vcpu.setRegisters(regs)
+        let moved = try #require(VCPUState.read(vcpu))
+        #expect(moved.ripMapped == false && moved.summary.hasSuffix(VCPUState.notTheGuests), "\(moved.summary)")
+    }
+
     /// `sti; hlt` in a loop: the timeout report must say the vCPU sleeps in
     /// `hlt` with interrupts on and nothing requested, which tells a guest
     /// waiting for an interrupt that never came from one spinning.

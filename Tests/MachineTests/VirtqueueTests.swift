@@ -104,6 +104,25 @@ final class TestDriver {
         #expect(q.enableNotification() == true)          // a buffer arrived: do not sleep
     }
 
+    /// A device that leaves chains it cannot use yet must hear of the next
+    /// one: avail_event is the driver's index, not the device's next.
+    @Test func chainsLeftAvailableStillGetTheNextNotification() throws {
+        let d = TestDriver(memory: memory)
+        for i in UInt16(0)..<3 {
+            try d.setDescriptor(i, address: 0x100000 + UInt64(i) * 0x1000, length: 16, flags: 2)
+            try d.makeAvailable(i)
+        }
+        let q = try d.queue(eventIndex: true)
+        _ = try q.pop()
+        q.unpop(1)                                         // too few for what the device holds: none taken
+        #expect(q.enableNotification() == true)           // there are chains, not taken
+        let availEvent = try memory.load(UInt16.self, at: d.used + 4 + 8 * UInt64(d.size))
+        #expect(availEvent == 3)
+        // The driver adds one more (old index 3, new 4): vring_need_event says notify.
+        let (old, new): (UInt16, UInt16) = (3, 4)
+        #expect(new &- availEvent &- 1 < new &- old)
+    }
+
     @Test func withoutEventIndexTheNoInterruptFlagIsHonoured() throws {
         let d = TestDriver(memory: memory)
         try d.setDescriptor(0, address: 0x100000, length: 16, flags: 2)

@@ -33,13 +33,19 @@ main)
     echo NET-QUEUE-STATS $(ethtool -S eth0 | grep -E '(rx|tx)_queue_[01]_packets' | tr -d ' ' | sort | tr '\n' ' ')
     ;;
 vhost)
-    # The data path in the host kernel (vhost-net): ping, 16 MiB each way.
+    # The data path in the host kernel (vhost-net): ping, 16 MiB each way with offloads on, then off.
     ip link set eth0 up && ip addr add 10.0.0.2/24 dev eth0
     ping -c 3 -W 10 10.0.0.1 >/dev/null; echo NET-VHOST-PING $?
     yes svmm-net-C | head -c 16777216 | nc 10.0.0.1 5005; echo NET-VHOST-SENT $?
     (nc -l -p 5004 | sha256sum > /tmp/recv-c) &
     sleep 1; echo NET-LISTENING-C; wait
     echo NET-VHOST-RECEIVED $(cat /tmp/recv-c)
+    # And with the offloads off (the receive offloads through svmm's control queue, under vhost-net's rings).
+    ethtool -K eth0 tx off tso off sg off rx-gro-hw off; echo NET-VHOST-OFFLOADS-SET $?
+    yes svmm-net-D | head -c 16777216 | nc 10.0.0.1 5005; echo NET-VHOST-SENT-D $?
+    (nc -l -p 5006 | sha256sum > /tmp/recv-d) &
+    sleep 1; echo NET-LISTENING-D; wait
+    echo NET-VHOST-RECEIVED-D $(cat /tmp/recv-d)
     echo NET-VHOST-STATS $(ethtool -S eth0 | grep -E '(rx|tx)_queue_0_packets' | tr -d ' ' | sort | tr '\n' ' ')
     ;;
 bridge)
