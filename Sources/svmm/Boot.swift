@@ -288,7 +288,10 @@ struct Boot: ParsableCommand {
             Messages.line("svmm: the guest kernel panicked (reported through pvpanic)")
             throw ExitCode(ExitStatus.guestPanic.rawValue)
         case let .tripleFault(cpu, rip):
-            Messages.line("svmm: triple fault on vCPU \(cpu)\(rip.map { " at RIP 0x" + String($0, radix: 16) } ?? "")")
+            // On AMD, KVM reinitializes the vCPU on a shutdown intercept before
+            // reporting it: a RIP at the reset vector says where it is now, not where it faulted.
+            let reset = rip == 0xFFF0 ? " (the reset vector: KVM on AMD resets the vCPU before reporting a triple fault; where it faulted is lost)" : ""
+            Messages.line("svmm: triple fault on vCPU \(cpu)\(rip.map { " at RIP 0x" + String($0, radix: 16) } ?? "")\(reset)")
             throw ExitCode(ExitStatus.tripleFault.rawValue)
         case .timeout:
             let rips = machine.stoppedAt.enumerated().map { cpu, state in
