@@ -15,8 +15,10 @@ import Testing
     @Test func aPausedLinuxGuestMakesNoProgressAndFinishesAfterResume() throws {
         struct Seen { var counting = false, paused = false, resumed = false, finished = false, status: Int32 = 0, stdout = "", stderr = "" }
         let seen = try withOneSandboxRetry(#function) {
+            // svmm's own --timeout ends a hung guest before the sandbox's does, with a line
+            // saying where each vCPU was (halted or running, interrupts, vectors pending).
             let c = try Conversation(repoPath("Scripts/kvm-sandbox"), ["--timeout", "600", "--", svmmPath, "boot", "--cpus", "2",
-                                     "--memory", "256M", "--cmdline", "console=ttyS0 panic=-1 quiet svmm_cmd=\"\(Self.script)\""])
+                                     "--memory", "256M", "--timeout", "450s", "--cmdline", "console=ttyS0 panic=-1 quiet svmm_cmd=\"\(Self.script)\""])
             var seen = Seen()
             seen.counting = c.waitFor("C 40 ", seconds: 300)
             if seen.counting {
