@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 import KVM
 import VMCore
 import Virtio
@@ -10,29 +11,41 @@ extension VirtualMachine: MemorySlotTable {
 }
 
 /// MSI-X through KVM: one GSI and one irqfd per vector, so a device thread
-/// raises an interrupt with one eventfd write and no exit.
+/// (or vhost-net in the host kernel) raises an interrupt with one eventfd
+/// write and no exit. A vector that may not deliver has its irqfd detached:
+/// signals then wait in the eventfd, and attaching it again (with the
+/// message the driver wrote meanwhile) delivers them.
 final class KVMMSIX: MSIXDelivery {
+    let vm: VirtualMachine
     let router: GSIRouter
     let gsis: [UInt32]
     let events: [EventFD]
+    /// Each vector's message while its irqfd is attached; nil: detached.
+    let routed: Mutex<[MSIXMessage?]>
 
     init(vm: VirtualMachine, router: GSIRouter, vectors: Int) throws {
+        self.vm = vm
         self.router = router
-        var gsis: [UInt32] = [], events: [EventFD] = []
-        for _ in 0..<vectors {
-            let gsi = router.allocate(), event = try EventFD()
-            try vm.attachIRQFD(eventFD: event.fd, gsi: gsi)
-            gsis.append(gsi)
-            events.append(event)
-        }
-        self.gsis = gsis
-        self.events = events
+        gsis = (0..<vectors).map { _ in router.allocate() }
+        events = try (0..<vectors).map { _ in try EventFD() }
+        routed = Mutex(Array(repeating: nil, count: vectors))
     }
 
-    func program(vector: Int, address: UInt64, data: UInt32) {
+    func route(vector: Int, message: MSIXMessage?) {
         guard vector < gsis.count else { return }
-        do { try router.setMSI(gsis[vector], .init(address: address, data: data)) } catch {
-            Messages.line("svmm: virtio: \(error)")
+        routed.withLock { routed in
+            guard routed[vector] != message else { return }
+            do {
+                if let message {
+                    try router.setMSI(gsis[vector], .init(address: message.address, data: message.data))
+                    if routed[vector] == nil { try vm.attachIRQFD(eventFD: events[vector].fd, gsi: gsis[vector]) }
+                } else {
+                    try vm.detachIRQFD(eventFD: events[vector].fd, gsi: gsis[vector])
+                }
+                routed[vector] = message
+            } catch {
+                Messages.line("svmm: virtio: MSI-X vector \(vector): \(error)")
+            }
         }
     }
 

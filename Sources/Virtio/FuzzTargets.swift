@@ -80,7 +80,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     }()
 
     final class NullMSIX: MSIXDelivery {
-        func program(vector: Int, address: UInt64, data: UInt32) {}
+        func route(vector: Int, message: MSIXMessage?) {}
         func fire(vector: Int) {}
     }
 

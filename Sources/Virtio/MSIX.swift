@@ -2,8 +2,12 @@
 /// vector's GSI to its message and raises it through an irqfd, so an
 /// interrupt costs no exit; tests and the fuzz targets record or drop them.
 public protocol MSIXDelivery: AnyObject, Sendable {
-    /// The guest (re)programmed `vector`'s message.
-    func program(vector: Int, address: UInt64, data: UInt32)
+    /// What `vector` delivers from now on: its message, or nil while it must
+    /// deliver nothing (the vector or the function masked, MSI-X off). Nil
+    /// must also hold off signals made without svmm (vhost-net writing the
+    /// irqfd), and the message that follows delivers what they left waiting.
+    /// Called under the transport's lock, after every table or control write.
+    func route(vector: Int, message: MSIXMessage?)
     func fire(vector: Int)
     /// The eventfd whose signal raises `vector` without svmm (an irqfd), or nil.
     func eventFD(vector: Int) -> Int32?
@@ -11,6 +15,12 @@ public protocol MSIXDelivery: AnyObject, Sendable {
 
 extension MSIXDelivery {
     public func eventFD(vector: Int) -> Int32? { nil }
+}
+
+/// A vector's message: where it writes (the local APICs' window) and what.
+public struct MSIXMessage: Sendable, Equatable {
+    public var address: UInt64
+    public var data: UInt32
 }
 
 /// One function's MSI-X table and pending-bit array (PCI Local Bus 3.0
@@ -44,15 +54,20 @@ struct MSIXTable {
         return UInt64(entries[e][field]) | high
     }
 
-    /// A write into the table; the vector whose message changed (to program)
-    /// and whether the write unmasked it (to deliver what is pending).
-    mutating func write(offset: Int, size: Int, value: UInt64) -> (message: (vector: Int, address: UInt64, data: UInt32)?, unmasked: Bool) {
+    /// A write into the table; the vector written (to route again) and
+    /// whether the write unmasked it (to deliver what is pending).
+    mutating func write(offset: Int, size: Int, value: UInt64) -> (vector: Int, unmasked: Bool) {
         let e = offset / Self.entrySize, field = (offset % Self.entrySize) / 4
         let wasMasked = entries[e][3] & Self.vectorMasked != 0
         entries[e][field] = UInt32(truncatingIfNeeded: value)
         if size == 8, field < 3 { entries[e][field + 1] = UInt32(truncatingIfNeeded: value >> 32) }
-        let message = field < 3 ? (e, UInt64(entries[e][1]) << 32 | UInt64(entries[e][0]), entries[e][2]) : nil
-        return (message, wasMasked && entries[e][3] & Self.vectorMasked == 0)
+        return (e, wasMasked && entries[e][3] & Self.vectorMasked == 0)
+    }
+
+    /// What `vector` may deliver now: nothing while masked, so a message the
+    /// driver is halfway through rewriting (masked, as it must) never fires.
+    func message(_ vector: Int) -> MSIXMessage? {
+        masked(vector) ? nil : MSIXMessage(address: UInt64(entries[vector][1]) << 32 | UInt64(entries[vector][0]), data: entries[vector][2])
     }
 
     /// The pending bits from bit `8 * byteOffset` on.

@@ -102,9 +102,12 @@ public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, 
             // A notification KVM did not turn into an ioeventfd signal.
             notifyEvents[(offset - Self.notifyOffset) / Self.notifyMultiplier].signal()
         case Self.tableOffset..<(Self.tableOffset + MSIXTable.entrySize * vectors):
-            let (message, unmasked) = state.withLock { $0.msix.write(offset: offset - Self.tableOffset, size: data.count, value: value) }
-            if let message { msix.program(vector: message.vector, address: message.address, data: message.data) }
-            if unmasked { deliverPending((offset - Self.tableOffset) / MSIXTable.entrySize) }
+            let (vector, unmasked) = state.withLock { s in
+                let written = s.msix.write(offset: offset - Self.tableOffset, size: data.count, value: value)
+                msix.route(vector: written.vector, message: s.msix.message(written.vector))
+                return written
+            }
+            if unmasked { deliverPending(vector) }
         default:
             break   // ISR and PBA are read-only
         }

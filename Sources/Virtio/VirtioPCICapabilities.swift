@@ -90,7 +90,9 @@ extension VirtioPCIDevice {
                 // decodes the BAR at the address it assigned; Linux keeps it.
                 s.bar = value & ~UInt32(Self.barSize - 1)
             case (P.msix + 2, 2), (P.msix, 4):
-                return s.msix.setControl(UInt16(truncatingIfNeeded: data.count == 4 ? value >> 16 : value))
+                let unmasked = s.msix.setControl(UInt16(truncatingIfNeeded: data.count == 4 ? value >> 16 : value))
+                for v in 0..<vectors { msix.route(vector: v, message: s.msix.message(v)) }
+                return unmasked
             case (P.pciCfg + 4, _):
                 s.pciCfg.bar = UInt8(truncatingIfNeeded: value)
             case (P.pciCfg + 8, 4):
