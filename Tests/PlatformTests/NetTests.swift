@@ -57,7 +57,7 @@ import Testing
                 ip addr add 10.0.0.1/24 dev tap0 && ip link set tap0 up || echo "=== setup failed"
             \(hostSide) serve 5001 6 received &
             server=$!
-            \(svmm) --cpus 2 --memory 256M --timeout 600s --net tap=tap0,mac=\(mac) --cmdline \(cmdline("main")) </dev/null >guest.out 2>&1 &
+            \(svmm) --cpus 2 --memory 256M --timeout 400s --net tap=tap0,mac=\(mac) --cmdline \(cmdline("main")) </dev/null >guest.out 2>&1 &
             guest=$!
             waitfor NET-LISTENING-A guest.out $guest
             ping -c 3 -W 10 10.0.0.2 >/dev/null; echo "=== host-ping $?"
@@ -71,7 +71,7 @@ import Testing
             # vhost=on: the kernel carries the frames (vhost-net in L1).
             \(hostSide) serve 5005 2 received-c &
             server=$!
-            \(svmm) --cpus 2 --memory 256M --timeout 600s --net tap=tap0,vhost=on --cmdline \(cmdline("vhost")) </dev/null >vhost.out 2>&1 &
+            \(svmm) --cpus 2 --memory 256M --timeout 300s --net tap=tap0,vhost=on --cmdline \(cmdline("vhost")) </dev/null >vhost.out 2>&1 &
             guest=$!
             waitfor NET-LISTENING-C vhost.out $guest
             \(hostSide) send 10.0.0.2 5004 bulk-b; echo "=== host-sent-c $?"
