@@ -191,15 +191,20 @@ public final class RunningMachine: Sendable {
     /// joins every thread and gives the devices a last look at their queues.
     public func wait(timeout: Double?) -> MachineExit {
         let exit = outcome.wait(seconds: timeout)
+        // The device threads stop first, so no interrupt of theirs lands on a
+        // vCPU between its stop and the read of its state (each thread reads
+        // its own as it leaves KVM_RUN): what the states show was there.
+        for device in virtio { device.stop() }
+        for t in deviceThreads.withLock({ $0 }) { pthread_join(t, nil) }
+        stopped.withLock { $0 = Array(repeating: nil, count: vcpus.count) }
         for (vcpu, control) in zip(vcpus, controls) {
             control.requested.store(VCPUControl.State.stopped.rawValue, ordering: .releasing)
             kick(vcpu, control)
         }
         for control in controls { if let t = control.thread.withLock({ $0 }) { pthread_join(t, nil) } }
-        for device in virtio { device.stop() }
-        for t in deviceThreads.withLock({ $0 }) { pthread_join(t, nil) }
         for device in virtio { device.flush() }
-        let states = vcpus.map { VCPUState.read($0) }
+        let read = stopped.withLock { $0 }
+        let states = zip(vcpus, read).map { vcpu, state in state ?? VCPUState.read(vcpu) }
         stopped.withLock { $0 = states }
         return exit
     }
@@ -234,7 +239,10 @@ public final class RunningMachine: Sendable {
             switch control.wanted {
             case .running: break
             case .paused: park(vcpu, control); continue
-            case .stopped: return
+            case .stopped:
+                let state = VCPUState.read(vcpu)
+                stopped.withLock { if vcpu.id < $0.count { $0[vcpu.id] = state } }
+                return
             }
             let exit: VCPUExit
             telemetry.willEnter()

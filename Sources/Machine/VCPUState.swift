@@ -14,6 +14,8 @@ public struct VCPUState: Sendable, Equatable {
     /// Vectors the local APIC has requested (IRR) and is serving (ISR).
     public var requested: [Int] = []
     public var inService: [Int] = []
+    /// The task priority register (TPR, offset 0x80).
+    public var taskPriority: UInt8 = 0
     /// A vector KVM is in the middle of injecting, and whether an NMI is pending.
     public var injecting: Int?
     public var nmiPending = false
@@ -37,6 +39,7 @@ public struct VCPUState: Sendable, Equatable {
         if let page = try? vcpu.lapicRegisters() {
             s.requested = Self.vectors(in: page, at: 0x200)
             s.inService = Self.vectors(in: page, at: 0x100)
+            if page.count > 0x80 { s.taskPriority = page[0x80] }
         }
         if let e = try? vcpu.events() {
             s.injecting = e.injectingInterrupt
@@ -62,6 +65,21 @@ public struct VCPUState: Sendable, Equatable {
     /// The words the summary carries when RIP is not mapped in the guest:
     /// Scripts/kvm-sandbox reads them in a timeout line as its own failure.
     public static let notTheGuests = "RIP not mapped in the guest's page tables: not the guest's state"
+    /// The words for a halted vCPU that KVM left asleep with an interrupt it
+    /// could take (also read by Scripts/kvm-sandbox).
+    public static let notWoken = "halted with a deliverable interrupt requested, which KVM did not take: not the guest's state"
+
+    /// Halted with interrupts on and a requested vector whose priority class
+    /// is above the processor priority (TPR and the highest vector in
+    /// service; Intel SDM vol. 3, 11.8.3.1): an interrupt the CPU takes at
+    /// once, which ends HLT. A working KVM wakes such a vCPU within
+    /// microseconds; after a whole timeout it is KVM's failure (seen only in
+    /// the nested sandbox: docs/platform.md).
+    public var sleepsThroughAnInterrupt: Bool {
+        guard mpState == .halted, interruptsEnabled, let highest = requested.max() else { return false }
+        let processorPriority = max(Int(taskPriority) >> 4, (inService.max() ?? 0) >> 4)
+        return highest >> 4 > processorPriority
+    }
 
     /// "running, interrupts off", "halted, interrupts on, requested 236, in service 34", …
     public var summary: String {
@@ -81,6 +99,7 @@ public struct VCPUState: Sendable, Equatable {
         if let injecting { parts.append("injecting \(injecting)") }
         if nmiPending { parts.append("NMI pending") }
         if ripMapped == false { parts.append(Self.notTheGuests) }
+        if sleepsThroughAnInterrupt { parts.append(Self.notWoken) }
         return parts.joined(separator: ", ")
     }
 }

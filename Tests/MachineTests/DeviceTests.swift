@@ -276,15 +276,42 @@ extension BusDevice {
     @Test func theSummaryNamesStateInterruptsAndVectors() {
         var s = VCPUState(rip: 0x1000, interruptsEnabled: true, mpState: .halted)     // KVM_MP_STATE_HALTED
         #expect(s.summary == "halted, interrupts on")
-        s.requested = [236]
+        s.requested = [36]
         s.inService = [34, 36]
         s.injecting = 36
         s.nmiPending = true
-        #expect(s.summary == "halted, interrupts on, requested 236, in service 34 36, injecting 36, NMI pending")
+        #expect(s.summary == "halted, interrupts on, requested 36, in service 34 36, injecting 36, NMI pending")
         #expect(VCPUState(rip: 0, interruptsEnabled: false, mpState: .runnable).summary == "running, interrupts off")
         var corrupt = VCPUState(rip: 0xFFFF_FFFF_C042_220C, interruptsEnabled: true, mpState: .runnable)
         corrupt.ripMapped = false
         #expect(corrupt.summary == "running, interrupts on, RIP not mapped in the guest's page tables: not the guest's state")
         #expect(VCPUState(rip: 0, interruptsEnabled: false, mpState: nil).summary == "interrupts off")
+    }
+
+    /// A halted vCPU with interrupts on and a requested vector above its
+    /// processor priority would have woken on a working KVM; the summary
+    /// says so (and Scripts/kvm-sandbox counts it as its own failure). A
+    /// vector held back by TPR or by a higher one in service, interrupts
+    /// off, or a running vCPU are the guest's own state.
+    @Test func aHaltedVCPUWithADeliverableInterruptIsKVMsFailure() {
+        var s = VCPUState(rip: 0xFFFF_FFFF_81A1_7A0B, interruptsEnabled: true, mpState: .halted)
+        #expect(!s.sleepsThroughAnInterrupt)
+        s.requested = [36, 37]
+        #expect(s.sleepsThroughAnInterrupt)
+        #expect(s.summary == "halted, interrupts on, requested 36 37, \(VCPUState.notWoken)")
+        s.inService = [236]                                 // a higher class in service holds 36 and 37 back
+        #expect(!s.sleepsThroughAnInterrupt)
+        s.inService = [33]                                  // the same class (2) in service: held back too
+        #expect(!s.sleepsThroughAnInterrupt)
+        s.inService = []
+        s.taskPriority = 0x20                               // TPR class 2 masks class 2
+        #expect(!s.sleepsThroughAnInterrupt)
+        s.requested = [48]                                  // class 3 passes it
+        #expect(s.sleepsThroughAnInterrupt)
+        s.interruptsEnabled = false
+        #expect(!s.sleepsThroughAnInterrupt)
+        s.interruptsEnabled = true
+        s.mpState = .runnable
+        #expect(!s.sleepsThroughAnInterrupt && !s.summary.contains(VCPUState.notWoken))
     }
 }
