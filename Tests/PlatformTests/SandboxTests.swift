@@ -49,6 +49,21 @@ import Testing
         #expect(r.stdout == "before\n")
     }
 
+    /// An L2 oops whose registers hold an address in L1's own per-CPU area
+    /// (L1 computes its areas before COMMAND and exports them as
+    /// SVMM_L1_PERCPU) is the emulated CPU's GS base mix-up: the sandbox's
+    /// failure. An address outside L1's areas stays COMMAND's verdict.
+    @Test func anL2RegisterInL1sPerCPUAreaIsTheSandboxsFailure() throws {
+        let oops = "set -- $SVMM_L1_PERCPU; [ -n \"$1\" ] || exit 3; echo \"[    2.096162] RAX: %s RBX: fffffe00000090c8 RCX: ffffffff81c01199\"; exit 12"
+        let outside = try runProgram(repoPath("Scripts/kvm-sandbox"), ["--mode", "sandbox", "--", "sh", "-c", oops.replacingOccurrences(of: "%s", with: "ffff88800f41fb80")],
+                                     directory: repo.path)
+        #expect(outside.status == 12, "\(outside.stderr)")
+        let inside = try runProgram(repoPath("Scripts/kvm-sandbox"), ["--mode", "sandbox", "--", "sh", "-c", oops.replacingOccurrences(of: "%s", with: "$1")],
+                                    directory: repo.path)
+        #expect(inside.status == sandboxFailed, "\(inside.stderr)")
+        #expect(inside.stderr.contains("is in L1's per-CPU area: L2 ran with L1's GS base"), "\(inside.stderr)")
+    }
+
     @Test func autoModeSaysWhyOnTheFirstLine() throws {
         let r = try sandbox(["--", "sh", "-c", "exit 4"])
         #expect(r.status == 4)
