@@ -105,12 +105,6 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
     /// Per pair: a frame read from the backend and not yet given to the guest.
     let frames: [UnsafeMutableRawBufferPointer]
     var frameLength: [Int]
-    /// Per pair: the I/O vectors and chains of a read straight into the
-    /// guest's buffers (`receiveDirect`), kept to be reused.
-    let directVectors: [UnsafeMutableBufferPointer<iovec>]
-    var directChains: [[(chain: DescriptorChain, capacity: Int)]]
-    /// At most this many guest buffers in one direct read (Linux's IOV_MAX is 1024).
-    static let maxDirectVectors = 512
     /// Whether the data path is to be the host kernel's (vhost-net).
     public let vhost: Bool
     /// The vhost-net instances of the pairs the kernel serves (from DRIVER_OK to reset).
@@ -138,14 +132,9 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
         counters = (0..<pairs).map { _ in Counters() }
         frames = (0..<pairs).map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: Self.maxPacket, alignment: 64) }
         frameLength = Array(repeating: 0, count: pairs)
-        directVectors = (0..<pairs).map { _ in UnsafeMutableBufferPointer<iovec>.allocate(capacity: Self.maxDirectVectors) }
-        directChains = Array(repeating: [], count: pairs)
     }
 
-    deinit {
-        for f in frames { f.deallocate() }
-        for v in directVectors { v.deallocate() }
-    }
+    deinit { for f in frames { f.deallocate() } }
 
     // MARK: Configuration
 
@@ -337,12 +326,6 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
         while placed < Self.receiveBatch && attempts < 2 * Self.receiveBatch {
             attempts += 1
             if frameLength[pair] == 0 {
-                switch try receiveDirect(pair: pair, queue, counters: c) {
-                case .placed: placed += 1; continue
-                case .dropped: continue
-                case .nothingToRead: return
-                case .tooFewBuffers: break       // through the pair's buffer, as many chains as the frame needs
-                }
                 let n = read(backend.fds[pair], frames[pair].baseAddress, frames[pair].count)
                 if n < 0 { return }             // EAGAIN: nothing more now (or the backend failed: nothing to read)
                 guard n >= Tap.headerSize else { c.rxDropped.add(1, ordering: .relaxed); continue }
@@ -367,62 +350,6 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
                 }
             }
         }
-    }
-
-    enum Direct { case placed, dropped, nothingToRead, tooFewBuffers }
-
-    /// Reads one frame straight into the guest's receive buffers, with one
-    /// copy (the kernel's, as vhost-net makes) instead of two, when the
-    /// chains available can hold the largest frame the TAP gives: pops that
-    /// many, reads into all of them, keeps those the frame filled (their
-    /// count in the header's `num_buffers`) and gives the rest back unused.
-    func receiveDirect(pair: Int, _ queue: Virtqueue, counters c: Counters) throws(VirtqueueError) -> Direct {
-        let mergeable = features & Feature.mergeableRxBuffers != 0
-        let vectors = directVectors[pair]
-        var count = 0, capacity = 0, usable = true
-        directChains[pair].removeAll(keepingCapacity: true)
-        while capacity < Self.maxPacket && usable && (mergeable || directChains[pair].isEmpty) {
-            guard let chain = try queue.pop() else { break }
-            directChains[pair].append((chain, chain.writableLength))
-            capacity += chain.writableLength
-            for b in chain.writable {
-                // The chain was checked to lie in guest RAM; the vectors are
-                // used only by the readv below, inside this call.
-                guard count < vectors.count, let v = try? queue.memory.ioVector(at: b.address, count: Int(b.length)) else {
-                    usable = false
-                    break
-                }
-                vectors[count] = v
-                count += 1
-            }
-        }
-        let chains = directChains[pair]
-        guard usable, capacity >= Self.maxPacket, let first = chains.first?.chain.writable.first, first.length >= Tap.headerSize else {
-            queue.unpop(chains.count)
-            return .tooFewBuffers
-        }
-        let n = readv(backend.fds[pair], vectors.baseAddress, Int32(count))
-        guard n >= Tap.headerSize else {
-            queue.unpop(chains.count)      // the buffers go back untold; what the read left in them is unread
-            if n < 0 { return .nothingToRead }
-            c.rxDropped.add(1, ordering: .relaxed)
-            return .dropped
-        }
-        var used = 0, remaining = n
-        while remaining > 0 { remaining -= min(chains[used].capacity, remaining); used += 1 }
-        // num_buffers (le16 at offset 10 of the header, which the first buffer holds whole).
-        try? queue.memory.store(UInt16(used), at: first.address + 10)
-        remaining = n
-        for (chain, capacity) in chains.prefix(used) {
-            let bytes = min(capacity, remaining)
-            remaining -= bytes
-            c.dataDescriptors.add(UInt64(chain.writable.count), ordering: .relaxed)
-            queue.push(head: chain.head, written: UInt32(bytes))
-        }
-        queue.unpop(chains.count - used)
-        c.rxPackets.add(1, ordering: .relaxed)
-        c.rxBytes.add(UInt64(n - Tap.headerSize), ordering: .relaxed)
-        return .placed
     }
 
     /// Copies one frame (header first) into the guest's receive buffers:

@@ -136,52 +136,6 @@ final class NoTransport: VirtioTransport {
         #expect(context.interrupts == [0])
     }
 
-    /// With room for the largest frame available, frames are read straight
-    /// into the guest's buffers: each keeps the chains it filled (num_buffers
-    /// says how many), the chains it did not need stay available, untouched.
-    @Test func framesAreReadStraightIntoBuffersThatCanHoldTheLargest() throws {
-        let (net, backend) = device(features: VirtioNet.Feature.mergeableRxBuffers)
-        let d = TestDriver(memory: memory, size: 32, base: 0x100000)
-        let q = try d.queue()
-        for i in 0..<20 {                                                  // 80 KiB: more than maxPacket
-            try d.setDescriptor(UInt16(i), address: Self.buffers + UInt64(i) * 4096, length: 4096, flags: 2)
-            try d.makeAvailable(UInt16(i))
-        }
-        #expect(20 * 4096 >= VirtioNet.maxPacket)
-        let first = frame(9000, seed: 3), second = frame(100, seed: 5)
-        backend.send(first)
-        backend.send(second)
-        let context = Context()
-        try net.inputReady(0, queues: [q, nil, nil], context: context)
-        #expect(d.usedIdx == 4)
-        #expect(try d.usedElement(0) == (0, 4096) && d.usedElement(1) == (1, 4096) && d.usedElement(2) == (2, UInt32(first.count - 8192)))
-        #expect(try d.usedElement(3) == (3, UInt32(second.count)))
-        var expected = first
-        expected[10] = 3                                                   // num_buffers
-        #expect(try memory.read(at: Self.buffers, count: first.count) == expected)
-        expected = second
-        expected[10] = 1
-        #expect(try memory.read(at: Self.buffers + 3 * 4096, count: second.count) == expected)
-        #expect(q.availableEntries == 16)                                  // the rest went back
-        #expect(try memory.read(at: Self.buffers + 4 * 4096, count: 16 * 4096).allSatisfy { $0 == 0 })
-        let c = net.counters[0]
-        #expect(c.rxPackets.load(ordering: .relaxed) == 2 && c.rxBytes.load(ordering: .relaxed) == 9100)
-        #expect(context.interrupts == [0])
-        // Without mergeable buffers: one chain of 17 buffers (68 KiB) takes the frame whole.
-        let (single, backend2) = device(features: 0)
-        let d2 = TestDriver(memory: memory, size: 32, base: 0x200000)
-        for i in 0..<17 {
-            try d2.setDescriptor(UInt16(i), address: Self.buffers + 0x40000 + UInt64(i) * 4096, length: 4096, flags: i < 16 ? 3 : 2, next: UInt16(i + 1))
-        }
-        try d2.makeAvailable(0)
-        backend2.send(first)
-        try single.inputReady(0, queues: [try d2.queue(), nil, nil], context: Context())
-        #expect(try d2.usedIdx == 1 && d2.usedElement(0) == (0, UInt32(first.count)))
-        expected = first
-        expected[10] = 1
-        #expect(try memory.read(at: Self.buffers + 0x40000, count: first.count) == expected)
-    }
-
     /// Without mergeable buffers a frame must fit one chain: a bigger one is
     /// dropped and the chain stays for the next frame, which says num_buffers 1.
     @Test func withoutMergeableBuffersAFrameFitsOneChainOrIsDropped() throws {
