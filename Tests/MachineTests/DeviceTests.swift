@@ -290,10 +290,9 @@ extension BusDevice {
 
     /// A halted vCPU with interrupts on and a requested vector above its
     /// processor priority would have woken on a working KVM; the summary
-    /// says so (and Scripts/kvm-sandbox counts it as its own failure). A
-    /// vector held back by TPR or by a higher one in service, interrupts
-    /// off, or a running vCPU are the guest's own state.
-    @Test func aHaltedVCPUWithADeliverableInterruptIsKVMsFailure() {
+    /// says so. A vector held back by TPR or by a higher one in service,
+    /// interrupts off, or a running vCPU are ordinary states.
+    @Test func aHaltedVCPUWithADeliverableInterruptIsNamed() {
         var s = VCPUState(rip: 0xFFFF_FFFF_81A1_7A0B, interruptsEnabled: true, mpState: .halted)
         #expect(!s.sleepsThroughAnInterrupt)
         s.requested = [36, 37]
