@@ -51,6 +51,9 @@ public struct BootConfiguration: Sendable {
     /// The in-kernel i8254 PIT. Off by default: Linux with kvm-clock and the
     /// local APIC timer does not need it, and its teardown costs ~13 ms at exit.
     public var pit = false
+    /// The test devices of QEMU that kvm-unit-tests uses: isa-debug-exit
+    /// (port 0xf4: the guest's write ends the run, `MachineExit.programExited`).
+    public var testDevices = false
 
     public static let defaultCommandLine = "console=ttyS0 panic=-1"
     /// With `--console virtio`: early messages on ttyS0, then hvc0 once virtio_console loads.

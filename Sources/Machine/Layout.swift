@@ -10,6 +10,8 @@ public enum Layout {
     public static let zeroPage: UInt64 = 0x7000
     /// PVH start info and its memory map.
     public static let pvhStartInfo: UInt64 = 0x6000
+    /// The Multiboot information, its module list and memory map (in place of PVH's).
+    public static let multibootInfo: UInt64 = 0x6000
     /// Identity-mapping page tables for the first 4 GiB: a PML4, a PDPT and
     /// four page directories of 2 MiB pages (0xB000–0xEFFF).
     public static let pml4: UInt64 = 0x9000

@@ -3,19 +3,23 @@ import VMCore
 /// page tables in guest memory, and says where the boot CPU starts.
 public struct LinuxLoader {
     public struct EntryState: Sendable {
-        public enum Mode: Sendable { case linux64, pvh32 }
+        public enum Mode: Sendable { case linux64, pvh32, multiboot32 }
         public var mode: Mode
         /// For a bzImage entered through PVH: the payload's compression.
         public var decompressed: KernelPayload.Compression?
         public var rip: UInt64
-        /// %rsi for the Linux 64-bit entry (the zero page); %rbx for PVH (start info).
+        /// %rsi for the Linux 64-bit entry (the zero page); %rbx for PVH (start
+        /// info) and Multiboot (the Multiboot information).
         public var bootInfo: UInt64
     }
 
-    /// Loads an ELF vmlinux (PVH) or a bzImage: through PVH after
-    /// decompressing its payload on the host (the fast path), or through the
-    /// Linux boot protocol, as `config.bootProtocol` asks.
+    /// Loads an ELF vmlinux (PVH), a Multiboot kernel, or a bzImage: through
+    /// PVH after decompressing its payload on the host (the fast path), or
+    /// through the Linux boot protocol, as `config.bootProtocol` asks.
     public static func load(_ config: BootConfiguration, into memory: GuestMemory) throws -> EntryState {
+        if !ELFKernel.isELF64(config.kernel), MultibootKernel.isMultiboot(config.kernel) {
+            return try loadMultiboot(config, try MultibootKernel(config.kernel), into: memory)
+        }
         if ELFKernel.isELF(config.kernel) {
             return try loadPVH(config, ELFKernel(config.kernel), from: config.kernel, into: memory)
         }
@@ -198,6 +202,40 @@ public struct LinuxLoader {
         try memory.write(info.bytes(at: Layout.pvhStartInfo), at: Layout.pvhStartInfo)
         try LongModeSetup.writeTables(into: memory)
         return EntryState(mode: .pvh32, rip: kernel.pvhEntry, bootInfo: Layout.pvhStartInfo)
+    }
+
+    /// Enters a Multiboot kernel as QEMU's `-kernel` does: in 32-bit
+    /// protected mode, paging off, EAX the loader's magic, EBX the
+    /// information; the command line is the kernel's path and then
+    /// `config.commandLine` (argv[0] is the program's name), the initrd its
+    /// one module (page-aligned, named by its path). The ACPI tables sit where
+    /// a scan of the BIOS area finds their RSDP.
+    static func loadMultiboot(_ config: BootConfiguration, _ kernel: MultibootKernel, into memory: GuestMemory) throws -> EntryState {
+        let low = memory.regions[0].end
+        guard kernel.start >= Layout.kernelLoad, kernel.end <= low else {
+            throw LoaderError.multibootOverlap(path: kernel.path, start: kernel.start, end: kernel.end)
+        }
+        for s in kernel.segments {
+            try config.kernel.copy(s.fileRange, into: memory, at: s.physicalAddress)
+            let bss = s.memorySize - UInt64(s.fileRange.count)
+            if bss > 0 { try memory.fill(0, at: s.physicalAddress + UInt64(s.fileRange.count), count: Int(bss)) }
+        }
+        let line = Array((config.commandLine.isEmpty ? config.kernelPath : config.kernelPath + " " + config.commandLine).utf8)
+        let moduleName = Array((config.initrdPath ?? "").utf8), loader = Array("svmm".utf8)
+        let strings = line + [0] + moduleName + [0] + loader + [0]
+        guard strings.count <= Int(Layout.commandLineMax) else {
+            throw LoaderError.commandLineTooLong(length: line.count, limit: Int(Layout.commandLineMax) - moduleName.count - loader.count - 3)
+        }
+        try memory.write(strings, at: Layout.commandLine)
+        let moduleString = Layout.commandLine + UInt64(line.count + 1)
+        let initrd = try placeInitrd(config, above: kernel.end, ceiling: low, into: memory)
+        let info = MultibootInfo(commandLine: Layout.commandLine, loaderName: moduleString + UInt64(moduleName.count + 1),
+                                 module: initrd.map { .init(start: $0.address, end: $0.address + $0.size, string: moduleString) },
+                                 memoryMap: E820Entry.map(for: memory))
+        try memory.write(info.bytes(at: Layout.multibootInfo), at: Layout.multibootInfo)
+        _ = try writeACPI(config, into: memory)
+        try LongModeSetup.writeTables(into: memory)
+        return EntryState(mode: .multiboot32, rip: UInt64(kernel.entry), bootInfo: Layout.multibootInfo)
     }
 
     static func writeCommandLine(_ config: BootConfiguration, limit: Int, into memory: GuestMemory) throws {

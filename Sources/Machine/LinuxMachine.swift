@@ -7,6 +7,7 @@ import Virtio
 /// The x86 PC board for a Linux guest: RAM, in-kernel irqchip and PIT, COM1,
 /// ACPI power control, pvpanic, CMOS clock, the boot marker and virtio
 /// devices on PCI; built by `MachineBuilder`, run by `RunningMachine`.
+/// A Multiboot kernel gets fw_cfg too, and `testDevices` QEMU's test devices.
 public final class LinuxMachine: Sendable {
     public let config: BootConfiguration
     public let serial: Serial16550
@@ -45,6 +46,14 @@ public final class LinuxMachine: Sendable {
         b.pio.register(power, b.ports(PowerControl.i8042Command, PowerControl.i8042Command), name: "i8042")
         b.pio.register(CMOSClock(), b.ports(CMOSClock.indexPort, CMOSClock.dataPort), name: "cmos-rtc")
         b.pio.register(PanicDevice { finish(.panic) }, b.ports(PanicDevice.port, PanicDevice.port), name: "pvpanic")
+        if entry.mode == .multiboot32 {
+            b.pio.register(FirmwareConfig(cpus: config.cpus, ramBytes: config.memoryBytes),
+                           b.ports(FirmwareConfig.selectorPort, FirmwareConfig.dataPort), name: "fw-cfg")
+        }
+        if config.testDevices {
+            b.pio.register(DebugExit { finish(.programExited(status: $0)) },
+                           b.ports(DebugExit.port, DebugExit.port + DebugExit.size - 1), name: "isa-debug-exit")
+        }
         bootMarker = BootMarker(start: config.startTime, onReached: onBootMarker)
         b.mmio.register(bootMarker, BootMarker.address...BootMarker.address, name: "boot-marker")
 
@@ -84,6 +93,10 @@ public final class LinuxMachine: Sendable {
             regs.rsi = entry.bootInfo
         case .pvh32:
             LongModeSetup.applyProtectedMode(to: &sregs)
+            regs.rbx = entry.bootInfo
+        case .multiboot32:
+            LongModeSetup.applyProtectedMode(to: &sregs)
+            regs.rax = UInt64(MultibootKernel.bootloaderMagic)
             regs.rbx = entry.bootInfo
         }
         try vcpu.setSpecialRegisters(sregs)

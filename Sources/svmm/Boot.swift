@@ -30,7 +30,8 @@ struct Boot: ParsableCommand {
               svmm boot --shell            (a shell in the test guest; Ctrl-A x ends svmm)
 
             Exit status: 0 guest powered off, 10 guest rebooted, 11 guest panicked
-            (pvpanic), 12 triple fault,
+            (pvpanic), 12 triple fault, (VALUE << 1) | 1 with --test-devices when the
+            guest writes VALUE to isa-debug-exit,
             65 not a bootable kernel/initrd, 66 file or disk unreadable, 69 no usable
             /dev/kvm, 70 KVM internal error, 73 --stats/--stats-listen cannot be
             created, 75 a disk in use by another process, 124 --timeout, 130
@@ -38,14 +39,14 @@ struct Boot: ParsableCommand {
             """
     )
 
-    @Option(help: "Kernel image: bzImage. Default: the test guest's.")
+    @Option(help: "Kernel image: a bzImage, an ELF vmlinux with a PVH note, or a Multiboot kernel (kvm-unit-tests' programs). Default: the test guest's.")
     var kernel: String?
 
-    @Option(help: "Initramfs. Default: the test guest's (when --kernel is not given).")
+    @Option(help: "Initramfs (a Multiboot kernel's one module). Default: the test guest's (when --kernel is not given).")
     var initrd: String?
 
     @Option(help: ArgumentHelp("Kernel command line.",
-                               discussion: "Default: '\(BootConfiguration.defaultCommandLine)', or '\(BootConfiguration.virtioConsoleCommandLine)' with --console virtio."))
+                               discussion: "Default: '\(BootConfiguration.defaultCommandLine)', or '\(BootConfiguration.virtioConsoleCommandLine)' with --console virtio; none for a Multiboot kernel, whose command line is its path and then these arguments."))
     var cmdline: String?
 
     @Flag(help: ArgumentHelp("The test guest's interactive shell on its console (adds svmm_shell=1 to the command line); the guest powers off when the shell exits.",
@@ -60,6 +61,10 @@ struct Boot: ParsableCommand {
 
     @Flag(help: "An in-kernel i8254 PIT (ports 0x40-0x43, 0x61), for guests without kvm-clock or a local APIC timer; Linux needs none.")
     var pit = false
+
+    @Flag(help: ArgumentHelp("QEMU's test devices, as kvm-unit-tests uses them: isa-debug-exit at port 0xf4 (a write of VALUE ends svmm with status (VALUE << 1) | 1).",
+                             discussion: "The guest chooses that status, so an odd status (svmm's own 1, 11, 65, 69, 73, 75, 77, 143) can come from either; svmm's last line on stderr says which."))
+    var testDevices = false
 
     @Option(name: .customLong("disk"), help: ArgumentHelp(
         "A disk: PATH[,ro][,serial=ID][,cache=writeback|none|unsafe][,discard=on|off]; repeat for more.",
@@ -151,6 +156,7 @@ struct Boot: ParsableCommand {
             let hint = kernel == nil ? "; build the default test guest with Scripts/guest-artifacts" : ""
             fail("cannot read kernel \(kernelPath): \(error.reason)\(hint)", .noInput)
         }
+        let multiboot = MultibootKernel.isMultiboot(kernelImage) && !ELFKernel.isELF64(kernelImage)
         var initrdImage: ImageSource?
         if let initrdPath {
             do { initrdImage = try ImageSource(path: initrdPath) } catch {
@@ -159,7 +165,7 @@ struct Boot: ParsableCommand {
         }
         var config = BootConfiguration(
             kernel: kernelImage, initrd: initrdImage,
-            commandLine: (cmdline ?? (console == .virtio ? BootConfiguration.virtioConsoleCommandLine : BootConfiguration.defaultCommandLine))
+            commandLine: (cmdline ?? (multiboot ? "" : console == .virtio ? BootConfiguration.virtioConsoleCommandLine : BootConfiguration.defaultCommandLine))
                 + (shell ? " svmm_shell=1" : ""),
             cpus: cpus, memoryBytes: Sizes.bytes(memory)!,
             timeoutSeconds: timeout.flatMap(Sizes.seconds))
@@ -183,6 +189,7 @@ struct Boot: ParsableCommand {
             config.nets.append(openNet(try! NetSpec.parse(spec), cpus: cpus))   // parsed in validate()
         }
         config.pit = pit
+        config.testDevices = testDevices
         if let cpuFeatures {
             do { config.cpuFeatures = try CPUFeatures.parse(cpuFeatures) } catch { fail(error.message, .usage) }
         }
@@ -236,6 +243,7 @@ struct Boot: ParsableCommand {
             case (.pvh32, .some(let c)): "PVH, \(c) payload decompressed on the host"
             case (.pvh32, nil): "PVH"
             case (.linux64, _): "the Linux boot protocol's 64-bit entry"
+            case (.multiboot32, _): "Multiboot"
             }
             // svmm's own share of the boot: loading, decompression, tables, devices.
             let ms = (DispatchTime.now().uptimeNanoseconds - started) / 1_000_000
@@ -305,7 +313,11 @@ struct Boot: ParsableCommand {
         case .consoleEscape:
             Messages.line("svmm: stopped from the console (Ctrl-A x)")
             throw ExitCode(ExitStatus.consoleEscape.rawValue)
-        case .halted, .programExited:
+        case let .programExited(value):
+            let status = DebugExit.status(value)
+            Messages.line("svmm: the guest wrote 0x\(String(value, radix: 16)) to isa-debug-exit: exit status \(status)")
+            throw ExitCode(status)
+        case .halted:
             fail("the guest stopped in a way a Linux board does not produce: \(outcome)", .failure)
         case let .internalError(cpu, detail):
             Messages.line("svmm: KVM internal error on vCPU \(cpu): \(detail); if 'svmm probe' says this KVM is not usable, run through Scripts/kvm-sandbox")

@@ -21,6 +21,12 @@ public struct ELFKernel: Sendable {
 
     public static func isELF(_ source: ImageSource) -> Bool { isELF(source.read(0..<4)) }
 
+    /// ELFCLASS64: the only ELF class booted through PVH.
+    public static func isELF64(_ source: ImageSource) -> Bool {
+        let b = source.read(0..<5)
+        return isELF(b) && b.count == 5 && b[4] == 2
+    }
+
     /// Validates the headers and finds the PVH entry; reads only the ELF
     /// header, the program headers and the notes.
     public init(_ source: ImageSource) throws(LoaderError) {

@@ -15,6 +15,8 @@ public enum LoaderError: Error, CustomStringConvertible, Equatable, Sendable {
     case noPVHNote(path: String)
     case noPVHPath(path: String, reason: String)
     case readFailed(path: String, errno: Int32)
+    case multibootUnsupported(path: String, what: String)
+    case multibootOverlap(path: String, start: UInt64, end: UInt64)
 
     public var description: String {
         switch self {
@@ -36,6 +38,10 @@ public enum LoaderError: Error, CustomStringConvertible, Equatable, Sendable {
             return "\(p) cannot be booted through PVH: \(reason)"
         case let .readFailed(p, e):
             return "cannot read \(p): \(String(cString: strerror(e))): check the file and the disk it is on"
+        case let .multibootUnsupported(p, what):
+            return "\(p) is a Multiboot kernel svmm cannot load: \(what)"
+        case let .multibootOverlap(p, start, end):
+            return "\(p) loads at 0x\(String(start, radix: 16))-0x\(String(end, radix: 16)), outside the RAM a Multiboot kernel may use (from 1 MiB to the end of low RAM)"
         case .noPVHNote(let p):
             return "\(p) is an ELF kernel without a PVH entry note: build with CONFIG_PVH=y or boot the bzImage"
         }

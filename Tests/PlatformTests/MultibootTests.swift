@@ -1,0 +1,100 @@
+import Foundation
+import Testing
+
+/// kvm-unit-tests' boot and test devices: svmm's own Multiboot program
+/// (Firmware/multiboot/mbinfo.c) prints what it was handed and ends through
+/// isa-debug-exit. It takes no interrupt, so it runs on this host's KVM;
+/// QEMU (TCG, from Scripts/setup) runs the same program as the reference.
+@Suite(.serialized, .enabled(if: FileManager.default.isWritableFile(atPath: "/dev/kvm"), "needs a writable /dev/kvm to run a Multiboot guest"))
+struct MultibootTests {
+    static let program = repoPath("Firmware/build/mbinfo.elf")
+    /// More than 3.5 GiB: RAM continues above 4 GiB.
+    static let memory = "5G"
+
+    /// The module: bytes that are not all alike, and their FNV-1a as the program computes it.
+    static func module() throws -> (path: String, size: Int, fnv1a: String) {
+        let path = temporaryPath("multiboot-module")
+        var bytes = [UInt8](repeating: 0, count: 300_007)
+        var x: UInt32 = 12345
+        for i in bytes.indices { x = x &* 1_103_515_245 &+ 12345; bytes[i] = UInt8(truncatingIfNeeded: x >> 16) }
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        var h: UInt32 = 2_166_136_261
+        for b in bytes { h = (h ^ UInt32(b)) &* 16_777_619 }
+        return (path, bytes.count, "0x" + String(h, radix: 16))
+    }
+
+    static func lines(_ output: String, _ prefix: String) -> [String] {
+        output.split(separator: "\n").map(String.init).filter { $0.hasPrefix(prefix) }
+    }
+
+    @Test func everyMultibootFieldAndFwCfgKeyAsAsked() throws {
+        let m = try Self.module()
+        let r = try runProgram(svmmPath, ["boot", "--kernel", Self.program, "--initrd", m.path, "--cmdline", "first second exit=3",
+                                          "--memory", Self.memory, "--cpus", "2", "--test-devices", "--no-rng", "--timeout", "60s"])
+        #expect(r.status == 7, "outl(3, 0xf4) is status 7: \(r.stdout) \(r.stderr)")
+        #expect(r.stderr.contains("svmm: the guest wrote 0x3 to isa-debug-exit: exit status 7"), "\(r.stderr)")
+        let out = r.stdout
+        #expect(out.contains("MB magic=0x2badb002 flags=0x24d\n"), "memory, command line, module, memory map, loader name: \(out)")
+        // 639 KiB below the EBDA; from 1 MiB to the PCI hole at 3 GiB.
+        #expect(out.contains("MB mem_lower=639 mem_upper=\((3 << 20) - 1024)\n"), "\(out)")
+        #expect(out.contains("MB cmdline=[\(Self.program) first second exit=3]\n"), "argv[0] is the program: \(out)")
+        #expect(out.contains("MB loader=[svmm]\n"), "\(out)")
+        #expect(out.contains("MB mods_count=1\n"), "\(out)")
+        let module = Self.lines(out, "MB module ")
+        #expect(module.count == 1 && module[0].hasSuffix(" size=\(m.size) fnv1a=\(m.fnv1a) string=[\(m.path)]"), "the module's bytes: \(module) want \(m)")
+        if let start = module.first?.split(separator: " ").first(where: { $0.hasPrefix("start=0x") }),
+           let address = UInt64(start.dropFirst(8), radix: 16) {
+            #expect(address % 4096 == 0 && address >= 0x40_0000 && address + UInt64(m.size) <= 0xC000_0000, "page-aligned, above the program: \(start)")
+        } else {
+            Issue.record("no module start: \(module)")
+        }
+        #expect(Self.lines(out, "MB mmap ") == [
+            "MB mmap base=0x0 length=0x9fc00 type=1",
+            "MB mmap base=0xe0000 length=0x20000 type=2",
+            "MB mmap base=0x100000 length=0xbff00000 type=1",
+            "MB mmap base=0x100000000 length=0x80000000 type=1",
+        ], "\(out)")
+        #expect(out.contains("MB fw_cfg signature=[QEMU] cpus=2 ram=0x140000000\n"), "\(out)")
+    }
+
+    /// kvm-unit-tests' verdicts: 0 → 1 (pass), 1 → 3 (fail), 38 → 77 (skip).
+    @Test(arguments: [(0, 1), (1, 3), (38, 77), (127, 255)])
+    func debugExitStatusAsQEMUGivesIt(code: Int, status: Int32) throws {
+        let r = try runProgram(svmmPath, ["boot", "--kernel", Self.program, "--cmdline", "exit=\(code)", "--memory", "64M",
+                                          "--test-devices", "--no-rng", "--timeout", "60s"])
+        #expect(r.status == status, "\(r.stdout) \(r.stderr)")
+        #expect(r.stdout.contains("MB cmdline=[\(Self.program) exit=\(code)]"), "\(r.stdout)")
+        #expect(!r.stdout.contains("MB mods_count"), "no module without --initrd: \(r.stdout)")
+    }
+
+    /// Without --test-devices there is no isa-debug-exit: the write goes
+    /// nowhere and the program halts with interrupts off until --timeout.
+    @Test func noDebugExitWithoutTheFlag() throws {
+        let r = try runProgram(svmmPath, ["boot", "--kernel", Self.program, "--cmdline", "exit=3", "--memory", "64M", "--no-rng", "--timeout", "1s"])
+        #expect(r.status == 124, "\(r.stdout) \(r.stderr)")
+        #expect(r.stdout.contains("MB fw_cfg signature=[QEMU] cpus=1 ram=0x4000000"), "\(r.stdout)")
+    }
+
+    /// The same program under QEMU (`-kernel`, isa-debug-exit as
+    /// kvm-unit-tests' runner adds it): what both must agree on agrees.
+    @Test func qemuGivesTheSameAnswers() throws {
+        let m = try Self.module()
+        let args = ["-nodefaults", "-display", "none", "-accel", "tcg", "-M", "pc", "-kernel", Self.program, "-initrd", m.path,
+                    "-append", "first second exit=5", "-m", Self.memory, "-smp", "3",
+                    "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-serial", "stdio"]
+        let q = try runProgram("/usr/bin/qemu-system-x86_64", args)
+        let s = try runProgram(svmmPath, ["boot", "--kernel", Self.program, "--initrd", m.path, "--cmdline", "first second exit=5",
+                                          "--memory", Self.memory, "--cpus", "3", "--test-devices", "--no-rng", "--timeout", "60s"])
+        #expect(q.status == 11 && s.status == 11, "qemu \(q.status) svmm \(s.status): \(q.stdout) \(q.stderr) \(s.stderr)")
+        for prefix in ["MB magic=0x2badb002", "MB mem_lower=", "MB cmdline=", "MB mods_count=", "MB fw_cfg "] {
+            let a = Self.lines(q.stdout, prefix).map { $0.replacingOccurrences(of: #" flags=0x[0-9a-f]+| mem_upper=\d+"#, with: "", options: .regularExpression) }
+            let b = Self.lines(s.stdout, prefix).map { $0.replacingOccurrences(of: #" flags=0x[0-9a-f]+| mem_upper=\d+"#, with: "", options: .regularExpression) }
+            #expect(!a.isEmpty && a == b, "\(prefix): QEMU \(a), svmm \(b)")
+        }
+        // The module's bytes and name (QEMU puts it elsewhere).
+        let strip = { (l: String) in l.replacingOccurrences(of: #"start=0x[0-9a-f]+ "#, with: "", options: .regularExpression) }
+        #expect(Self.lines(q.stdout, "MB module ").map(strip) == Self.lines(s.stdout, "MB module ").map(strip), "\(q.stdout) \(s.stdout)")
+        // RAM above 4 GiB: the same 2 GiB at 4 GiB in both maps.
+        #expect(q.stdout.contains("MB mmap base=0x100000000 length=0x80000000 type=1") && s.stdout.contains("MB mmap base=0x100000000 length=0x80000000 type=1"))
+    }
+}
