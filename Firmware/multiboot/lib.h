@@ -31,3 +31,5 @@ static void debug_exit(uint32_t code) {
 	outl(0xf4, code);
 	for (;;) __asm__ volatile("cli; hlt");
 }
+static inline void outw16(uint16_t port, uint16_t v) { outw(port, v); }
+static inline uint16_t inw16(uint16_t port) { uint16_t v; __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }

@@ -36,6 +36,9 @@ public enum Layout {
     public static let highMemoryStart: UInt64 = 0x1_0000_0000
     /// Where svmm places PCI memory BARs (inside the root bridge's window, clear of the boot marker).
     public static let pciBARStart: UInt64 = 0xE000_0000
+    /// pci-testdev's memory BAR (--test-devices), below the virtio BARs; its I/O BAR.
+    public static let testDeviceBAR: UInt64 = 0xDF00_0000
+    public static let testDevicePorts: UInt16 = 0xC000
     /// The boot-time marker's MMIO byte (BootMarker).
     public static let bootMarker: UInt64 = 0xD000_0000
     /// The three pages KVM_SET_TSS_ADDR asks for (Intel's real-mode TSS), just below the BIOS area at 4 GiB - 256 KiB, as QEMU places them.

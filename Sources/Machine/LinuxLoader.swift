@@ -233,7 +233,7 @@ public struct LinuxLoader {
                                  module: initrd.map { .init(start: $0.address, end: $0.address + $0.size, string: moduleString) },
                                  memoryMap: E820Entry.map(for: memory))
         try memory.write(info.bytes(at: Layout.multibootInfo), at: Layout.multibootInfo)
-        _ = try writeACPI(config, into: memory)
+        _ = try writeACPI(config, pmTimer: true, into: memory)
         try LongModeSetup.writeTables(into: memory)
         return EntryState(mode: .multiboot32, rip: UInt64(kernel.entry), bootInfo: Layout.multibootInfo)
     }
@@ -265,8 +265,8 @@ public struct LinuxLoader {
         return (address, size)
     }
 
-    static func writeACPI(_ config: BootConfiguration, into memory: GuestMemory) throws -> UInt64 {
-        let acpi = ACPITables(cpus: config.cpus).build(at: Layout.acpiStart)
+    static func writeACPI(_ config: BootConfiguration, pmTimer: Bool = false, into memory: GuestMemory) throws -> UInt64 {
+        let acpi = ACPITables(cpus: config.cpus, pmTimer: pmTimer).build(at: Layout.acpiStart)
         try memory.write(acpi.bytes, at: Layout.acpiStart)
         try memory.write(resetVectorStub, at: Layout.resetVector)
         return acpi.rsdp

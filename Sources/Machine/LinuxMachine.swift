@@ -50,9 +50,30 @@ public final class LinuxMachine: Sendable {
             b.pio.register(FirmwareConfig(cpus: config.cpus, ramBytes: config.memoryBytes),
                            b.ports(FirmwareConfig.selectorPort, FirmwareConfig.dataPort), name: "fw-cfg")
         }
+        var pciTestDevice: PCITestDevice?
+        if entry.mode == .multiboot32 {
+            b.pio.register(PMTimer(), b.ports(PMTimer.port, PMTimer.port + 3), name: "acpi-pm-timer")
+        }
         if config.testDevices {
             b.pio.register(DebugExit { finish(.programExited(status: $0)) },
                            b.ports(DebugExit.port, DebugExit.port + DebugExit.size - 1), name: "isa-debug-exit")
+            let memory = b.memory
+            let testdev = PCTestDevice(setIRQ: { line, high in try? vm.setIRQLine(line, high: high) }, flushPage: { page in
+                // Write-protecting the page and back makes the kernel drop every
+                // mapping of it, KVM's with them; its bytes stay. SAFETY: the
+                // pointer is the page's own mapping, used only inside this call.
+                _ = try? memory.withBytes(at: page, count: Int(Layout.pageSize)) { bytes in
+                    mprotect(bytes.baseAddress, bytes.count, PROT_READ)
+                    mprotect(bytes.baseAddress, bytes.count, PROT_READ | PROT_WRITE)
+                }
+            })
+            b.pio.register(testdev, b.ports(PCTestDevice.latchPort, PCTestDevice.byteLatchPort + 3), name: "pc-testdev")
+            b.pio.register(testdev, b.ports(PCTestDevice.irqPort, PCTestDevice.irqPort + UInt16(PCTestDevice.irqLines) - 1), name: "pc-testdev-irq")
+            b.mmio.register(testdev, PCTestDevice.ioRAM...(PCTestDevice.ioRAM + UInt64(PCTestDevice.ioRAMSize) - 1), name: "pc-testdev-ioram")
+            let pci = PCITestDevice(memoryBase: Layout.testDeviceBAR, portBase: Layout.testDevicePorts)
+            b.mmio.register(pci.memoryWindow, Layout.testDeviceBAR...(Layout.testDeviceBAR + PCITestDevice.memorySize - 1), name: "pci-testdev-mmio")
+            b.pio.register(pci.portWindow, b.ports(Layout.testDevicePorts, Layout.testDevicePorts + UInt16(PCITestDevice.portSize) - 1), name: "pci-testdev-portio")
+            pciTestDevice = pci
         }
         bootMarker = BootMarker(start: config.startTime, onReached: onBootMarker)
         b.mmio.register(bootMarker, BootMarker.address...BootMarker.address, name: "boot-marker")
@@ -66,7 +87,7 @@ public final class LinuxMachine: Sendable {
         for (i, disk) in disks.enumerated() { try b.addVirtio(disk, name: "virtio-blk\(i)") }
         nets = config.nets.map { VirtioNet(backend: $0.tap, mac: $0.mac, mtu: $0.tap.mtu, vhost: $0.vhost) }
         for (i, net) in nets.enumerated() { try b.addVirtio(net, name: "virtio-net\(i)") }
-        b.addPCIHostBridge()
+        b.addPCIHostBridge(others: pciTestDevice.map { [$0] } ?? [])
 
         let supported = try b.hypervisor.supportedCPUID()
         let cpuid = CPUIDPolicy(supported: supported, cpus: config.cpus)

@@ -111,9 +111,9 @@ final class MachineBuilder {
         virtio.append(function)
     }
 
-    /// The PCI host bridge with the virtio functions added so far.
-    func addPCIHostBridge() {
-        pio.register(PCIHostBridge(functions: virtio), ports(PCIHostBridge.addressPort, PCIHostBridge.dataPort + 3), name: "pci-config")
+    /// The PCI host bridge with the virtio functions added so far, then `others`.
+    func addPCIHostBridge(others: [any PCIFunction] = []) {
+        pio.register(PCIHostBridge(functions: virtio + others), ports(PCIHostBridge.addressPort, PCIHostBridge.dataPort + 3), name: "pci-config")
     }
 
     /// A vCPU with the CPUID it will see and FPU/local APIC reset state;

@@ -97,4 +97,25 @@ struct MultibootTests {
         // RAM above 4 GiB: the same 2 GiB at 4 GiB in both maps.
         #expect(q.stdout.contains("MB mmap base=0x100000000 length=0x80000000 type=1") && s.stdout.contains("MB mmap base=0x100000000 length=0x80000000 type=1"))
     }
+
+    /// ACPI through the RSDT, the PM timer (read until it wraps), the CMOS
+    /// clock, pc-testdev and pci-testdev, checked by Firmware/multiboot/devices.c
+    /// under svmm and under QEMU with the devices kvm-unit-tests' runner adds.
+    @Test func kvmUnitTestsDevicesAnswerAsQEMUsDo() throws {
+        let program = repoPath("Firmware/build/devices.elf")
+        let s = try runProgram(svmmPath, ["boot", "--kernel", program, "--test-devices", "--no-rng", "--memory", "64M", "--timeout", "120s"])
+        #expect(s.status == 1, "every check passed: \(s.stdout) \(s.stderr)")
+        #expect(!s.stdout.contains("FAIL:") && s.stdout.contains("SUMMARY: 26 tests, 0 unexpected failures"), "\(s.stdout)")
+        #expect(s.stdout.contains("DEV pm_tmr_blk=0x608 "), "\(s.stdout)")
+        #expect(s.stdout.contains("DEV pci-testdev bar0=0xdf000000 size=4096 bar1=0xc001 size=256"), "\(s.stdout)")
+        for name in ["mmio-no-eventfd", "mmio-wildcard-eventfd", "mmio-datamatch-eventfd",
+                     "portio-no-eventfd", "portio-wildcard-eventfd", "portio-datamatch-eventfd"] {
+            #expect(s.stdout.contains("DEV pci-testdev \(name) ") && s.stdout.contains("count=16"), "svmm counts every write: \(name)")
+        }
+        let q = try runProgram("/usr/bin/qemu-system-x86_64", ["-nodefaults", "-display", "none", "-accel", "tcg", "-M", "pc", "-m", "64M",
+                                                              "-kernel", program, "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+                                                              "-device", "pc-testdev", "-device", "pci-testdev", "-serial", "stdio"])
+        #expect(q.status == 1, "QEMU: \(q.stdout) \(q.stderr)")
+        #expect(Self.lines(q.stdout, "PASS: ") == Self.lines(s.stdout, "PASS: "), "the same checks pass: QEMU \(q.stdout)")
+    }
 }

@@ -7,8 +7,14 @@ import VMCore
 /// no PM1 blocks, no SCI; sleep (S5 = poweroff) goes through the FADT's
 /// sleep control register, reset through its reset register. Both are I/O
 /// ports handled by `PowerControl`.
+///
+/// With `pmTimer` (Multiboot boots: kvm-unit-tests reads the timer the FADT
+/// names and finds tables through the RSDP's 32-bit RSDT) the FADT is not
+/// hardware-reduced (ACPI ignores PM_TMR_BLK on such a platform) and names
+/// the ACPI PM timer (`PMTimer`), and an RSDT lists the tables too.
 public struct ACPITables: Sendable {
     public var cpus: Int
+    public var pmTimer: Bool
 
     public static let sleepControlPort: UInt16 = 0x600
     public static let sleepStatusPort: UInt16 = 0x601
@@ -17,7 +23,10 @@ public struct ACPITables: Sendable {
     /// SLP_TYP the DSDT's \_S5 object gives for soft-off.
     public static let s5SleepType: UInt8 = 5
 
-    public init(cpus: Int) { self.cpus = cpus }
+    public init(cpus: Int, pmTimer: Bool = false) {
+        self.cpus = cpus
+        self.pmTimer = pmTimer
+    }
 
     /// The I/O APIC's id follows the vCPUs' local APIC ids.
     public var ioAPICId: UInt8 { UInt8(cpus) }
@@ -37,13 +46,14 @@ public struct ACPITables: Sendable {
         let fadt = place(fadtTable(dsdt: dsdt))
         let madt = place(madtTable())
         let xsdt = place(Self.table("XSDT", revision: 1, body: [fadt, madt].flatMap { le($0, 8) }))
-        blob.replaceSubrange(0..<rsdpSize, with: Self.rsdp(xsdt: xsdt))
+        let rsdt = pmTimer ? place(Self.table("RSDT", revision: 1, body: [fadt, madt].flatMap { le($0, 4) })) : 0
+        blob.replaceSubrange(0..<rsdpSize, with: Self.rsdp(xsdt: xsdt, rsdt: rsdt))
         return (blob, base)
     }
 
-    /// RSDP (§5.2.5.3), revision 2: both checksums.
-    static func rsdp(xsdt: UInt64) -> [UInt8] {
-        var b = Array("RSD PTR ".utf8) + [0] + Array("SVMM  ".utf8) + [2] + le(0, 4) + le(36, 4) + le(xsdt, 8) + [0, 0, 0, 0]
+    /// RSDP (§5.2.5.3), revision 2: both checksums; an RSDT only with `pmTimer`.
+    static func rsdp(xsdt: UInt64, rsdt: UInt64 = 0) -> [UInt8] {
+        var b = Array("RSD PTR ".utf8) + [0] + Array("SVMM  ".utf8) + [2] + le(rsdt, 4) + le(36, 4) + le(xsdt, 8) + [0, 0, 0, 0]
         b[8] = checksum(b[0..<20])
         b[32] = checksum(b[0..<36])
         return b
@@ -58,7 +68,7 @@ public struct ACPITables: Sendable {
         return t
     }
 
-    /// FADT (§5.2.9), revision 6, 276 bytes, hardware-reduced.
+    /// FADT (§5.2.9), revision 6, 276 bytes: hardware-reduced, or with the PM timer.
     func fadtTable(dsdt: UInt64) -> [UInt8] {
         var b = [UInt8](repeating: 0, count: 276 - 36)
         func put(_ bytes: [UInt8], at offset: Int) { b.replaceSubrange((offset - 36)..<(offset - 36 + bytes.count), with: bytes) }
@@ -66,7 +76,12 @@ public struct ACPITables: Sendable {
         put(le(0x0004, 2), at: 109)                         // IAPC_BOOT_ARCH: VGA not present
         let hwReduced: UInt64 = 1 << 20, resetSupported: UInt64 = 1 << 10
         let powerButtonAbsent: UInt64 = 1 << 4, sleepButtonAbsent: UInt64 = 1 << 5
-        put(le(hwReduced | resetSupported | powerButtonAbsent | sleepButtonAbsent, 4), at: 112)
+        put(le((pmTimer ? 0 : hwReduced) | resetSupported | powerButtonAbsent | sleepButtonAbsent, 4), at: 112)
+        if pmTimer {
+            put(le(UInt64(PMTimer.port), 4), at: 76)         // PM_TMR_BLK
+            put([4], at: 91)                                // PM_TMR_LEN; TMR_VAL_EXT clear: 24 bits
+            put([1, 32, 0, 3] + le(UInt64(PMTimer.port), 8), at: 208)   // X_PM_TMR_BLK: I/O, 32 bits, dword access
+        }
         put(Self.ioPort(Self.resetPort), at: 116)           // RESET_REG
         put([Self.resetValue], at: 128)
         put([0], at: 131)                                   // FADT minor version
