@@ -55,7 +55,7 @@ let package = Package(
         ),
         // libFuzzer target over the virtio data path (Scripts/fuzz builds it
         // with -sanitize=fuzzer; a plain build replays inputs).
-        .executableTarget(name: "svmm-fuzz", dependencies: ["Virtio", "VMCore"]),
+        .executableTarget(name: "svmm-fuzz", dependencies: ["Virtio", "VMCore", "Machine"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "VMCore", "Virtio", "Stats"]),
         // Drives the scripts and the built svmm as a user would (probe,
         // sandbox, guest artifacts); needs `swift build` first.

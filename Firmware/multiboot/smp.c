@@ -20,8 +20,19 @@ static void report(const char *what, int ok) {
 	if (ok) passes++; else failures++;
 }
 
-static inline uint32_t lapic_read(uint32_t reg) { return *(volatile uint32_t *)(LAPIC + reg); }
-static inline void lapic_write(uint32_t reg, uint32_t v) { *(volatile uint32_t *)(LAPIC + reg) = v; }
+static int x2apic;   /* the boot CPU's local APIC in x2APIC mode (MSRs 0x800 + reg / 16) */
+static inline uint64_t rdmsr(uint32_t msr) { uint32_t lo, hi; __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr)); return lo | (uint64_t)hi << 32; }
+static inline void wrmsr(uint32_t msr, uint64_t v) { __asm__ volatile("wrmsr" : : "c"(msr), "a"((uint32_t)v), "d"((uint32_t)(v >> 32))); }
+static inline uint32_t lapic_read(uint32_t reg) {
+	if (x2apic) { uint32_t v = (uint32_t)rdmsr(0x800 + reg / 16); return reg == 0x20 ? v << 24 : v; }
+	return *(volatile uint32_t *)(LAPIC + reg);
+}
+static inline void lapic_write(uint32_t reg, uint32_t v) {
+	if (x2apic) wrmsr(0x800 + reg / 16, v);
+	else *(volatile uint32_t *)(LAPIC + reg) = v;
+}
+/* The APs start in xAPIC mode: their id from the MMIO page. */
+static inline uint32_t xapic_id(void) { return *(volatile uint32_t *)(LAPIC + 0x20) >> 24; }
 static void ioapic_write(uint32_t reg, uint32_t v) { *(volatile uint32_t *)IOAPIC = reg; *(volatile uint32_t *)(IOAPIC + 0x10) = v; }
 
 /* Flat 32-bit code (0x08) and data (0x10), for the boot CPU and the APs. */
@@ -81,7 +92,7 @@ volatile uint32_t next_stack;
 
 void ap_main(void) {
 	uint32_t n = __atomic_fetch_add(&online, 1, __ATOMIC_SEQ_CST);
-	if (n < 16) ap_ids[n] = lapic_read(0x20) >> 24;
+	if (n < 16) ap_ids[n] = xapic_id();
 }
 
 void irq_handler(void) {
@@ -122,14 +133,23 @@ void main(uint32_t magic, struct mb_info *info) {
 	set_gate(VECTOR, irq_stub);
 	__asm__ volatile("lidt %0" : : "m"(idt_ptr));
 	outb(0x21, 0xff); outb(0xa1, 0xff);                 /* the 8259s masked */
+	/* x2APIC when CPUID offers it, as kvm-unit-tests does. */
+	uint32_t a, b, c, d;
+	__asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(1), "c"(0));
+	if (c & (1u << 21)) {
+		wrmsr(0x1b, rdmsr(0x1b) | 1u << 11 | 1u << 10);
+		x2apic = 1;
+	}
 	lapic_write(0xf0, 0x1ff);                           /* APIC software enable, spurious vector 0xff */
 	uint32_t cpus = fw_cfg_cpus();
-	puts_("SMP fw_cfg cpus="); putdec(cpus); puts_(" bsp_apic_id="); putdec(lapic_read(0x20) >> 24); puts_("\n");
+	puts_("SMP fw_cfg cpus="); putdec(cpus); puts_(" bsp_apic_id="); putdec(lapic_read(0x20) >> 24);
+	puts_(x2apic ? " x2apic\n" : " xapic\n");
 
 	for (uint32_t i = 0; i < (uint32_t)(trampoline_end - trampoline); i++) ((volatile uint8_t *)0)[i] = (uint8_t)trampoline[i];
-	lapic_write(0x300, 0x000c4500);                     /* INIT, all excluding self */
+	/* INIT, then SIPI (vector 0) twice, to all excluding self (one 64-bit ICR write in x2APIC mode). */
+	lapic_write(0x300, 0x000c4500);
 	delay(1000000);
-	for (int k = 0; k < 2; k++) { lapic_write(0x300, 0x000c4600); delay(100000); }   /* SIPI, vector 0 */
+	for (int k = 0; k < 2; k++) { lapic_write(0x300, 0x000c4600); delay(100000); }
 	for (uint32_t spin = 0; online < cpus - 1 && spin < 2000000000u; spin++) __asm__ volatile("pause");
 	puts_("SMP online="); putdec(online + 1); puts_(" ap_ids=");
 	uint32_t seen = 0;

@@ -58,15 +58,8 @@ public final class LinuxMachine: Sendable {
             b.pio.register(DebugExit { finish(.programExited(status: $0)) },
                            b.ports(DebugExit.port, DebugExit.port + DebugExit.size - 1), name: "isa-debug-exit")
             let memory = b.memory
-            let testdev = PCTestDevice(setIRQ: { line, high in try? vm.setIRQLine(line, high: high) }, flushPage: { page in
-                // Write-protecting the page and back makes the kernel drop every
-                // mapping of it, KVM's with them; its bytes stay. SAFETY: the
-                // pointer is the page's own mapping, used only inside this call.
-                _ = try? memory.withBytes(at: page, count: Int(Layout.pageSize)) { bytes in
-                    mprotect(bytes.baseAddress, bytes.count, PROT_READ)
-                    mprotect(bytes.baseAddress, bytes.count, PROT_READ | PROT_WRITE)
-                }
-            })
+            let testdev = PCTestDevice(setIRQ: { line, high in try? vm.setIRQLine(line, high: high) },
+                                       flushPage: { PCTestDevice.dropMappings(of: $0, in: memory) })
             b.pio.register(testdev, b.ports(PCTestDevice.latchPort, PCTestDevice.byteLatchPort + 3), name: "pc-testdev")
             b.pio.register(testdev, b.ports(PCTestDevice.irqPort, PCTestDevice.irqPort + UInt16(PCTestDevice.irqLines) - 1), name: "pc-testdev-irq")
             b.mmio.register(testdev, PCTestDevice.ioRAM...(PCTestDevice.ioRAM + UInt64(PCTestDevice.ioRAMSize) - 1), name: "pc-testdev-ioram")

@@ -3,17 +3,19 @@ import Synchronization
 import VMCore
 import Virtio
 
-/// The target this process fuzzes (its index in `FuzzTarget.allCases`),
-/// chosen by `--target NAME` (Scripts/fuzz): set once in main, before
-/// libFuzzer calls back.
+/// The target this process fuzzes (its index in `targetNames`: the virtio
+/// targets, then the board's), chosen by `--target NAME` (Scripts/fuzz):
+/// set once in main, before libFuzzer calls back.
 let chosenTarget = Atomic<Int>(0)
-var target: FuzzTarget { FuzzTarget.allCases[chosenTarget.load(ordering: .relaxed)] }
+let targetNames = FuzzTarget.allCases.map(\.rawValue) + BoardFuzzTarget.allCases.map(\.rawValue)
+var targetName: String { targetNames[chosenTarget.load(ordering: .relaxed)] }
 
 /// One input through the chosen target (libFuzzer's callback).
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     // SAFETY: libFuzzer passes `size` readable bytes at `data`, valid for this call.
-    target.run(UnsafeRawBufferPointer(start: data, count: data == nil ? 0 : size))
+    let input = UnsafeRawBufferPointer(start: data, count: data == nil ? 0 : size)
+    if let t = FuzzTarget(rawValue: targetName) { t.run(input) } else { BoardFuzzTarget(rawValue: targetName)?.run(input) }
     return 0
 }
 
@@ -34,15 +36,15 @@ struct FuzzMain {
     static func main() {
         var args = Array(CommandLine.arguments.dropFirst())
         if args == ["--list"] {
-            for t in FuzzTarget.allCases { print(t.rawValue) }
+            for t in targetNames { print(t) }
             return
         }
-        guard let i = args.firstIndex(of: "--target"), i + 1 < args.count, let t = FuzzTarget(rawValue: args[i + 1]) else {
-            let names = FuzzTarget.allCases.map(\.rawValue).joined(separator: ", ")
+        guard let i = args.firstIndex(of: "--target"), i + 1 < args.count, let t = targetNames.firstIndex(of: args[i + 1]) else {
+            let names = targetNames.joined(separator: ", ")
             Messages.line("svmm-fuzz: usage: svmm-fuzz --target NAME [libFuzzer arguments]; NAME is one of \(names)")
             exit(64)
         }
-        chosenTarget.store(FuzzTarget.allCases.firstIndex(of: t)!, ordering: .relaxed)
+        chosenTarget.store(t, ordering: .relaxed)
         args.removeSubrange(i...(i + 1))
         #if FUZZING
         // libFuzzer gets argv[0] and everything but --target NAME.
@@ -62,7 +64,7 @@ struct FuzzMain {
             fclose(f)
             bytes.withUnsafeBufferPointer { _ = fuzzOneInput($0.baseAddress, $0.count) }
         }
-        print("replayed \(args.count) inputs on \(target.rawValue)")
+        print("replayed \(args.count) inputs on \(targetName)")
         #endif
     }
 }

@@ -29,6 +29,18 @@ public final class PCTestDevice: BusDevice {
         self.flushPage = flushPage
     }
 
+    /// The flush-page write's effect on svmm's side: write-protecting the
+    /// page of guest RAM and back makes the kernel drop every mapping of it,
+    /// KVM's with them (as QEMU's mprotect does); its bytes stay. An address
+    /// outside guest RAM does nothing.
+    public static func dropMappings(of page: UInt64, in memory: GuestMemory) {
+        // SAFETY: the pointer is the page's own mapping, used only inside this call.
+        _ = try? memory.withBytes(at: page & ~0xFFF, count: 4096) { bytes in
+            mprotect(bytes.baseAddress, bytes.count, PROT_READ)
+            mprotect(bytes.baseAddress, bytes.count, PROT_READ | PROT_WRITE)
+        }
+    }
+
     /// Which byte of the latch a port holds, for the two latch windows.
     static func latchByte(_ address: UInt64) -> Int? {
         switch address {

@@ -1,11 +1,12 @@
 import Testing
+import Synchronization
 @testable import Machine
 @testable import VMCore
 
-/// Multiboot images built here byte by byte: the header's checks, both ways
-/// of loading (ELF32 program headers, the a.out kludge's address fields),
-/// and the information the kernel finds at EBX.
-@Suite struct MultibootLoaderTests {
+/// The Multiboot board: images built here byte by byte (the header's
+/// checks, both ways of loading, the information the kernel finds at EBX),
+/// and kvm-unit-tests' devices driven at their edges as a hostile guest would.
+@Suite struct MultibootBoardTests {
     static func header(flags: UInt32, fields: [UInt32] = []) -> [UInt8] {
         var h = le(UInt64(MultibootKernel.headerMagic), 4) + le(UInt64(flags), 4)
         h += le(UInt64(UInt32(0) &- MultibootKernel.headerMagic &- flags), 4)
@@ -142,5 +143,78 @@ import Testing
     @Test func debugExitStatusIsValueTimesTwoPlusOneInEightBits() {
         #expect(DebugExit.status(0) == 1 && DebugExit.status(1) == 3 && DebugExit.status(38) == 77)
         #expect(DebugExit.status(0x80) == 1 && DebugExit.status(0xFFFF_FFFF) == 255)
+    }
+
+    @Test func pmTimerTicksAt3579545HzIn24BitsAndWraps() {
+        #expect(PMTimer.ticks(at: 0) == 0)
+        #expect(PMTimer.ticks(at: 1_000_000_000) == 3_579_545)
+        #expect(PMTimer.ticks(at: 500_000_000) == 1_789_772)
+        // 2^24 ticks are 4.687 s: just before and just after the wrap.
+        let wrap = UInt64(1 << 24) * 1_000_000_000 / PMTimer.hertz
+        #expect(PMTimer.ticks(at: wrap - 1000) > 0xFF_F000 && PMTimer.ticks(at: wrap + 1000) < 0x1000)
+        // Never past 24 bits, after a year of uptime too.
+        #expect(PMTimer.ticks(at: 365 * 86_400 * 1_000_000_000 + 123_456_789) <= 0xFF_FFFF)
+    }
+
+    func access(_ d: any BusDevice, _ address: UInt64, write value: UInt64? = nil, width: Int) -> [UInt8] {
+        var b = [UInt8](repeating: 0xEE, count: width)
+        if let value { for i in 0..<width { b[i] = UInt8(truncatingIfNeeded: value >> (8 * i)) } }
+        b.withUnsafeMutableBytes { value == nil ? d.read(address: address, data: $0) : d.write(address: address, data: UnsafeRawBufferPointer($0)) }
+        return b
+    }
+
+    @Test func pcTestdevAccessesAtTheEdgesStayInside() {
+        var lines: [(UInt32, Bool)] = []
+        let lock = Mutex<[(UInt32, Bool)]>([])
+        let d = PCTestDevice(setIRQ: { l, h in lock.withLock { $0.append((l, h)) } }, flushPage: { _ in })
+        _ = access(d, 0xe0, write: 0x4433_2211, width: 4)
+        // A word at the latch's last byte: the byte past it reads 0, and a write there changes only the last byte.
+        #expect(access(d, 0xe3, width: 2) == [0x44, 0])
+        _ = access(d, 0xe3, write: 0xBBAA, width: 2)
+        #expect(access(d, 0xe0, width: 4) == [0x11, 0x22, 0x33, 0xAA])
+        #expect(access(d, 0xe8, width: 8) == [0x11, 0x22, 0x33, 0xAA, 0, 0, 0, 0])
+        // ioram: an 8-byte access at its last 4 bytes touches only those.
+        _ = access(d, PCTestDevice.ioRAM + 0xFFFC, write: 0x1122_3344_5566_7788, width: 8)
+        #expect(access(d, PCTestDevice.ioRAM + 0xFFF8, width: 8) == [0, 0, 0, 0, 0x88, 0x77, 0x66, 0x55])
+        // IRQ lines: byte writes only; the level is whether the byte is nonzero.
+        _ = access(d, 0x2000 + 10, write: 7, width: 1)
+        _ = access(d, 0x2000 + 10, write: 1, width: 2)
+        _ = access(d, 0x2000 + 23, write: 0, width: 1)
+        lines = lock.withLock { $0 }
+        #expect(lines.map(\.0) == [10, 23] && lines.map(\.1) == [true, false])
+    }
+
+    @Test func pciTestdevHeadersCountsAndConfigurationSpace() {
+        let d = PCITestDevice(memoryBase: Layout.testDeviceBAR, portBase: Layout.testDevicePorts)
+        let mmio = d.memoryWindow!, io = d.portWindow!
+        #expect(access(mmio, Layout.testDeviceBAR + 16, width: 4) == [0, 0, 0, 0], "no test selected: zeros")
+        _ = access(io, 0xC000, write: 2, width: 1)                   // portio-datamatch-eventfd
+        let name = Array("portio-datamatch-eventfd".utf8)
+        let header = (0..<(16 + name.count + 1)).map { access(io, 0xC000 + UInt64($0), width: 1)[0] }
+        #expect(Array(header[0..<16]) == [5, 1, 0, 0, 133, 0, 0, 0, 0xFA, 0, 0, 0, 0, 0, 0, 0])
+        #expect(Array(header[16..<(16 + name.count)]) == name && header.last == 0)
+        _ = access(io, 0xC000 + 133, write: 0xFA, width: 1)
+        _ = access(io, 0xC000 + 133, write: 0x11, width: 1)          // not the data: not counted
+        _ = access(io, 0xC000 + 132, write: 0xFA, width: 4)          // not the offset (its second byte lands there, 0x00: not counted)
+        #expect(access(io, 0xC000 + 12, width: 4) == [1, 0, 0, 0])
+        // The memory BAR's tests are its own; selecting one there resets the current test.
+        _ = access(mmio, Layout.testDeviceBAR, write: 1, width: 1)  // mmio-wildcard-eventfd: any byte counts
+        _ = access(mmio, Layout.testDeviceBAR + 2049, write: 0x77, width: 1)
+        #expect(access(mmio, Layout.testDeviceBAR + 12, width: 4) == [1, 0, 0, 0])
+        _ = access(mmio, Layout.testDeviceBAR, write: 3, width: 1)  // past the last: none
+        #expect(access(mmio, Layout.testDeviceBAR + 16, width: 8) == [0, 0, 0, 0, 0, 0, 0, 0])
+        // Configuration space: ids, class, BARs sized and kept.
+        func config(_ offset: Int, _ width: Int) -> UInt32 {
+            var b = [UInt8](repeating: 0, count: width)
+            b.withUnsafeMutableBytes { d.readConfig(offset, $0) }
+            return b.reversed().reduce(0) { $0 << 8 | UInt32($1) }
+        }
+        func write(_ offset: Int, _ value: UInt32) { withUnsafeBytes(of: value.littleEndian) { d.writeConfig(offset, $0) } }
+        #expect(config(0, 4) == 0x0005_1B36 && config(0x0B, 1) == 0xFF && config(0x10, 4) == 0xDF00_0000 && config(0x14, 4) == 0xC001)
+        write(0x10, 0xFFFF_FFFF); write(0x14, 0xFFFF_FFFF)
+        #expect(config(0x10, 4) == 0xFFFF_F000 && config(0x14, 4) == 0xFF01)
+        write(0x10, 0xDF00_0000); write(0x14, 0xC000)
+        #expect(config(0x10, 4) == 0xDF00_0000 && config(0x14, 4) == 0xC001)
+        #expect(config(0xFC, 4) == 0, "past the header: zeros")
     }
 }
