@@ -1,6 +1,7 @@
-/* Runs one of svmm's flat 64-bit micro-benchmark programs (Firmware/NAME.bin,
- * its Multiboot module) as `svmm firmware` enters it, under any Multiboot
- * loader (QEMU's -kernel, svmm boot): copies the module to 0x100000,
+/* Runs one of svmm's flat 64-bit micro-benchmark programs (Firmware/NAME.bin:
+ * its Multiboot module, or linked into it as mb-NAME.elf) as `svmm firmware`
+ * enters it, under any Multiboot loader (QEMU's -kernel, svmm boot): copies
+ * the program to 0x100000,
  * identity-maps the first 4 GiB with 2 MiB pages (tables at 0x9000-0xEFFF),
  * loads a GDT with 64-bit code at selector 0x10 and data at 0x18, and jumps
  * there in 64-bit mode with rdi = the number after "arg=" on the command
@@ -16,6 +17,7 @@ uint64_t gdt64[4] __attribute__((aligned(8))) = {
 };
 struct { uint16_t limit; uint32_t base; } __attribute__((packed)) gdt64_ptr = { sizeof(gdt64) - 1, (uint32_t)gdt64 };
 uint64_t program_arg;
+extern const uint8_t program_start[], program_end[];
 
 __asm__(
 	".globl enter_long_mode\n"
@@ -62,15 +64,20 @@ static uint64_t argument(const char *s) {
 }
 
 void main(uint32_t magic, struct mb_info *mb) {
-	if (magic != 0x2badb002 || !(mb->flags & 8) || mb->mods_count != 1) {
-		puts_("longmode: no Multiboot module (the 64-bit program to run)\n");
+	const uint8_t *from = program_start;
+	uint32_t size = (uint32_t)(program_end - program_start);
+	if (magic == 0x2badb002 && (mb->flags & 8) && mb->mods_count == 1) {
+		struct mb_module *m = (struct mb_module *)mb->mods_addr;
+		from = (const uint8_t *)m->start;
+		size = m->end - m->start;
+	}
+	if (magic != 0x2badb002 || size == 0) {
+		puts_("longmode: no program (a Multiboot module, or one linked in)\n");
 		debug_exit(0x7f);
 	}
 	program_arg = (mb->flags & 4) ? argument((const char *)mb->cmdline) : 0;
-	struct mb_module *m = (struct mb_module *)mb->mods_addr;
 	uint8_t *to = (uint8_t *)0x100000;
-	const uint8_t *from = (const uint8_t *)m->start;
-	for (uint32_t i = 0; i < m->end - m->start; i++) to[i] = from[i];
+	for (uint32_t i = 0; i < size; i++) to[i] = from[i];
 	uint64_t *pml4 = (uint64_t *)0x9000, *pdpt = (uint64_t *)0xa000, *pd = (uint64_t *)0xb000;
 	for (int i = 0; i < 512; i++) { pml4[i] = 0; pdpt[i] = 0; }
 	pml4[0] = 0xa000 | 3;

@@ -156,4 +156,20 @@ struct MultibootTests {
                     && q.stdout.contains("SUMMARY: 7 tests, 0 unexpected failures"), "QEMU \(n) \(cpu): \(q.stdout)")
         }
     }
+
+    /// svmm's exit micro-benchmark guests as Multiboot images (for QEMU's
+    /// -kernel): the program runs as under `svmm firmware`, its exits
+    /// exactly as many as asked, and QEMU runs the same image to the same end.
+    @Test func theExitGuestsRunAsMultibootImages() throws {
+        let image = repoPath("Firmware/build/mb-outloop.elf")
+        let s = try runProgram(svmmPath, ["boot", "--kernel", image, "--cmdline", "arg=1000", "--test-devices", "--no-rng",
+                                          "--memory", "64M", "--exit-stats", "--timeout", "60s"])
+        #expect(s.status == 1 && s.stderr.contains("svmm: 1001 exits to userspace: io 1001 (0x80 1000, 0xf4 1)"), "\(s.stderr)")
+        for program in ["outloop", "hltloop"] {
+            let q = try runProgram("/usr/bin/qemu-system-x86_64", ["-nodefaults", "-display", "none", "-accel", "tcg", "-M", "pc", "-m", "64M",
+                                                                  "-kernel", repoPath("Firmware/build/mb-\(program).elf"), "-append", "arg=100",
+                                                                  "-device", "isa-debug-exit,iobase=0xf4,iosize=1"])
+            #expect(q.status == 1, "QEMU \(program): \(q.stdout) \(q.stderr)")
+        }
+    }
 }
