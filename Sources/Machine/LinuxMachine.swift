@@ -49,25 +49,9 @@ public final class LinuxMachine: Sendable {
         if entry.mode == .multiboot32 {
             b.pio.register(FirmwareConfig(cpus: config.cpus, ramBytes: config.memoryBytes),
                            b.ports(FirmwareConfig.selectorPort, FirmwareConfig.dataPort), name: "fw-cfg")
-        }
-        var pciTestDevice: PCITestDevice?
-        if entry.mode == .multiboot32 {
             b.pio.register(PMTimer(), b.ports(PMTimer.port, PMTimer.port + 3), name: "acpi-pm-timer")
         }
-        if config.testDevices {
-            b.pio.register(DebugExit { finish(.programExited(status: $0)) },
-                           b.ports(DebugExit.port, DebugExit.port + DebugExit.size - 1), name: "isa-debug-exit")
-            let memory = b.memory
-            let testdev = PCTestDevice(setIRQ: { line, high in try? vm.setIRQLine(line, high: high) },
-                                       flushPage: { PCTestDevice.dropMappings(of: $0, in: memory) })
-            b.pio.register(testdev, b.ports(PCTestDevice.latchPort, PCTestDevice.byteLatchPort + 3), name: "pc-testdev")
-            b.pio.register(testdev, b.ports(PCTestDevice.irqPort, PCTestDevice.irqPort + UInt16(PCTestDevice.irqLines) - 1), name: "pc-testdev-irq")
-            b.mmio.register(testdev, PCTestDevice.ioRAM...(PCTestDevice.ioRAM + UInt64(PCTestDevice.ioRAMSize) - 1), name: "pc-testdev-ioram")
-            let pci = PCITestDevice(memoryBase: Layout.testDeviceBAR, portBase: Layout.testDevicePorts)
-            b.mmio.register(pci.memoryWindow, Layout.testDeviceBAR...(Layout.testDeviceBAR + PCITestDevice.memorySize - 1), name: "pci-testdev-mmio")
-            b.pio.register(pci.portWindow, b.ports(Layout.testDevicePorts, Layout.testDevicePorts + UInt16(PCITestDevice.portSize) - 1), name: "pci-testdev-portio")
-            pciTestDevice = pci
-        }
+        let pciTestDevice = config.testDevices ? Self.addTestDevices(b) : nil
         bootMarker = BootMarker(start: config.startTime, onReached: onBootMarker)
         b.mmio.register(bootMarker, BootMarker.address...BootMarker.address, name: "boot-marker")
 
@@ -94,6 +78,24 @@ public final class LinuxMachine: Sendable {
         }
         vmStats = config.kvmStatistics ? try? vm.stats() : nil
         machine = try b.build(telemetry: telemetry, haltEndsRun: false)
+    }
+
+    /// QEMU's test devices (`--test-devices`): isa-debug-exit and
+    /// pc-testdev on the buses; pci-testdev's BARs too, its function for the
+    /// host bridge to add.
+    static func addTestDevices(_ b: MachineBuilder) -> PCITestDevice {
+        let vm = b.vm, memory = b.memory, finish = b.finish
+        b.pio.register(DebugExit { finish(.programExited(status: $0)) },
+                       b.ports(DebugExit.port, DebugExit.port + DebugExit.size - 1), name: "isa-debug-exit")
+        let testdev = PCTestDevice(setIRQ: { line, high in try? vm.setIRQLine(line, high: high) },
+                                   flushPage: { PCTestDevice.dropMappings(of: $0, in: memory) })
+        b.pio.register(testdev, b.ports(PCTestDevice.latchPort, PCTestDevice.byteLatchPort + 3), name: "pc-testdev")
+        b.pio.register(testdev, b.ports(PCTestDevice.irqPort, PCTestDevice.irqPort + UInt16(PCTestDevice.irqLines) - 1), name: "pc-testdev-irq")
+        b.mmio.register(testdev, PCTestDevice.ioRAM...(PCTestDevice.ioRAM + UInt64(PCTestDevice.ioRAMSize) - 1), name: "pc-testdev-ioram")
+        let pci = PCITestDevice(memoryBase: Layout.testDeviceBAR, portBase: Layout.testDevicePorts)
+        b.mmio.register(pci.memoryWindow, Layout.testDeviceBAR...(Layout.testDeviceBAR + PCITestDevice.memorySize - 1), name: "pci-testdev-mmio")
+        b.pio.register(pci.portWindow, b.ports(Layout.testDevicePorts, Layout.testDevicePorts + UInt16(PCITestDevice.portSize) - 1), name: "pci-testdev-portio")
+        return pci
     }
 
     /// The boot CPU's registers at the kernel's entry: 64-bit mode for the

@@ -1,5 +1,6 @@
 import Testing
 import Synchronization
+import Glibc
 @testable import Machine
 @testable import VMCore
 
@@ -104,6 +105,19 @@ import Synchronization
         var bad = Self.kludge(load: 0x20_0000, code: code)
         bad.replaceSubrange(64 + 16..<64 + 20, with: le(0x20_0100, 4))
         #expect(loadError(config(bad)) == .multibootUnsupported(path: "/k", what: "its header's load_addr is after header_addr, or before the file's start"))
+        // bss_end_addr below the load address, and below load_end_addr.
+        for bssEnd: UInt32 in [0x1000, 0x20_0010] {
+            var b = Self.kludge(load: 0x20_0000, code: code)
+            b.replaceSubrange(64 + 24..<64 + 28, with: le(UInt64(bssEnd), 4))
+            #expect(loadError(config(b)) == .multibootUnsupported(path: "/k", what: "its header's bss_end_addr is below load_end_addr"))
+        }
+        // load_end_addr past the file's end, or before load_addr.
+        var past = Self.kludge(load: 0x20_0000, code: code)
+        past.replaceSubrange(64 + 20..<64 + 24, with: le(0x20_1000, 4))
+        #expect(loadError(config(past)) == .truncated(path: "/k", needed: 0x1000, actual: past.count))
+        var before = Self.kludge(load: 0x20_0000, code: code)
+        before.replaceSubrange(64 + 20..<64 + 24, with: le(0x10_0000, 4))
+        #expect(loadError(config(before)) == .multibootUnsupported(path: "/k", what: "its header's load_end_addr is before load_addr"))
     }
 
     @Test func aBadChecksumOrAHeaderPast8KiBIsNoMultibootKernel() {
@@ -216,5 +230,22 @@ import Synchronization
         write(0x10, 0xDF00_0000); write(0x14, 0xC000)
         #expect(config(0x10, 4) == 0xDF00_0000 && config(0x14, 4) == 0xC001)
         #expect(config(0xFC, 4) == 0, "past the header: zeros")
+    }
+
+    /// The `test-devices` fuzz target's seeds and every regression input
+    /// (Tests/Fuzz/corpus/test-devices) replay without a crash.
+    @Test func theTestDevicesFuzzCorpusReplays() throws {
+        let corpus = String(#filePath.dropLast("MachineTests/MultibootBoardTests.swift".count)) + "Fuzz/corpus/test-devices"
+        guard let dir = opendir(corpus) else { Issue.record("no corpus at \(corpus)"); return }
+        defer { closedir(dir) }
+        var replayed = 0
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            if name.hasPrefix(".") { continue }
+            let image = try ImageSource(path: corpus + "/" + name)
+            image.read(0..<image.count).withUnsafeBytes { TestDevicesFuzz.shared.run($0) }
+            replayed += 1
+        }
+        #expect(replayed >= 7, "\(replayed) inputs")
     }
 }

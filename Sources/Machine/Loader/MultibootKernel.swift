@@ -74,15 +74,18 @@ public struct MultibootKernel: Sendable {
         guard load <= headerAddress, Int(headerAddress - load) <= offset else {
             throw .multibootUnsupported(path: path, what: "its header's load_addr is after header_addr, or before the file's start")
         }
+        guard loadEnd == 0 || loadEnd >= load else {
+            throw .multibootUnsupported(path: path, what: "its header's load_end_addr is before load_addr")
+        }
         let fileStart = offset - Int(headerAddress - load)
         let size = loadEnd == 0 ? source.count - fileStart : Int(loadEnd) - Int(load)
-        guard size >= 0, fileStart + size <= source.count else {
-            throw .truncated(path: path, needed: fileStart + max(size, 0), actual: source.count)
+        guard fileStart + size <= source.count else {
+            throw .truncated(path: path, needed: fileStart + size, actual: source.count)
         }
-        let memory = bssEnd == 0 ? UInt64(size) : UInt64(bssEnd) - UInt64(load)
-        guard memory >= UInt64(size) else {
+        guard bssEnd == 0 || UInt64(bssEnd) >= UInt64(load) + UInt64(size) else {
             throw .multibootUnsupported(path: path, what: "its header's bss_end_addr is below load_end_addr")
         }
+        let memory = bssEnd == 0 ? UInt64(size) : UInt64(bssEnd) - UInt64(load)
         return ([ELFKernel.Segment(physicalAddress: UInt64(load), fileRange: fileStart..<(fileStart + size), memorySize: memory)], entry)
     }
 
