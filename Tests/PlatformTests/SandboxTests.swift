@@ -62,6 +62,19 @@ import Testing
         #expect(inside.stderr.contains("is in L1's per-CPU area: L2 ran with L1's GS base"), "\(inside.stderr)")
     }
 
+    /// A command that fails while L1's own kernel logs an oops, BUG or
+    /// panic: L1 failed, so the run is the sandbox's failure (125); a command
+    /// that passes keeps its 0. (The "BUG:" line is written to L1's kernel
+    /// log through /dev/kmsg at KERN_CRIT, which reaches L1's console.)
+    @Test func aFailureWhileL1sKernelOopsesIsTheSandboxsFailure() throws {
+        let bug = "echo '<2>BUG: unable to handle page fault for address: ffffc900005b7ff8 (svmm-sandbox test)' > /dev/kmsg || exit 9; sleep 1; exit "
+        let failed = try runProgram(repoPath("Scripts/kvm-sandbox"), ["--mode", "sandbox", "--", "sh", "-c", bug + "3"], directory: repo.path)
+        #expect(failed.status == sandboxFailed, "\(failed.stderr)")
+        #expect(failed.stderr.contains("L1's own kernel failed while COMMAND ran") && failed.stderr.contains("svmm-sandbox test"), "\(failed.stderr)")
+        let passed = try runProgram(repoPath("Scripts/kvm-sandbox"), ["--mode", "sandbox", "--", "sh", "-c", bug + "0"], directory: repo.path)
+        #expect(passed.status == 0, "\(passed.stderr)")
+    }
+
     @Test func autoModeSaysWhyOnTheFirstLine() throws {
         let r = try sandbox(["--", "sh", "-c", "exit 4"])
         #expect(r.status == 4)
