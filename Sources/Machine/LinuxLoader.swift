@@ -17,7 +17,7 @@ public struct LinuxLoader {
     /// PVH after decompressing its payload on the host (the fast path), or
     /// through the Linux boot protocol, as `config.bootProtocol` asks.
     public static func load(_ config: BootConfiguration, into memory: GuestMemory) throws -> EntryState {
-        if !ELFKernel.isELF64(config.kernel), MultibootKernel.isMultiboot(config.kernel) {
+        if MultibootKernel.isMultiboot(config.kernel) {
             return try loadMultiboot(config, try MultibootKernel(config.kernel), into: memory)
         }
         if ELFKernel.isELF(config.kernel) {

@@ -156,7 +156,7 @@ struct Boot: ParsableCommand {
             let hint = kernel == nil ? "; build the default test guest with Scripts/guest-artifacts" : ""
             fail("cannot read kernel \(kernelPath): \(error.reason)\(hint)", .noInput)
         }
-        let multiboot = MultibootKernel.isMultiboot(kernelImage) && !ELFKernel.isELF64(kernelImage)
+        let multiboot = MultibootKernel.isMultiboot(kernelImage)
         var initrdImage: ImageSource?
         if let initrdPath {
             do { initrdImage = try ImageSource(path: initrdPath) } catch {

@@ -127,6 +127,10 @@ import Glibc
         let late = [UInt8](repeating: 0, count: 8192) + Self.header(flags: 0)
         #expect(!MultibootKernel.isMultiboot(ImageSource(late)))
         #expect(MultibootKernel.isMultiboot(ImageSource([UInt8](repeating: 0, count: 8180) + Self.header(flags: 0))))
+        // An ELF64 with the header (a Xen-style kernel) goes through PVH, not Multiboot.
+        let elf64 = [0x7F, 0x45, 0x4C, 0x46, 2, 1, 1, 0] + [UInt8](repeating: 0, count: 56) + Self.header(flags: 0)
+        #expect(!MultibootKernel.isMultiboot(ImageSource(elf64)))
+        #expect(MultibootKernel.isMultiboot(ImageSource(Self.elf32(paddr: 0x40_0000, body: [0xF4]))))
         // Misaligned: the specification asks for a 32-bit aligned header.
         #expect(!MultibootKernel.isMultiboot(ImageSource([0, 0] + Self.header(flags: 0))))
     }

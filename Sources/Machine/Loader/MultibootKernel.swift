@@ -39,7 +39,11 @@ public struct MultibootKernel: Sendable {
         return nil
     }
 
-    public static func isMultiboot(_ source: ImageSource) -> Bool { headerOffset(in: source) != nil }
+    /// Whether svmm boots `source` as a Multiboot kernel: it has the header
+    /// and is not an ELF64 (which goes through PVH, header or not).
+    public static func isMultiboot(_ source: ImageSource) -> Bool {
+        !ELFKernel.isELF64(source) && headerOffset(in: source) != nil
+    }
 
     public init(_ source: ImageSource) throws(LoaderError) {
         let path = source.path
