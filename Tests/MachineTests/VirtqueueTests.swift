@@ -223,20 +223,31 @@ final class TestDriver {
 /// Every input in Tests/Fuzz/corpus/TARGET (seeds, and each crash the fuzzer
 /// has found, kept once fixed) goes through its fuzz target again.
 @Suite struct FuzzCorpusTests {
-    @Test(arguments: FuzzTarget.allCases)
-    func theFuzzCorpusReplaysWithoutACrash(target: FuzzTarget) throws {
-        let corpus = String(#filePath.dropLast("MachineTests/VirtqueueTests.swift".count)) + "Fuzz/corpus/" + target.rawValue
-        guard let dir = opendir(corpus) else { Issue.record("no corpus at \(corpus)"); return }
+    /// Runs every input of Tests/Fuzz/corpus/NAME through `run`; how many there were.
+    static func replay(_ name: String, _ run: (UnsafeRawBufferPointer) -> Void) throws -> Int {
+        let corpus = String(#filePath.dropLast("MachineTests/VirtqueueTests.swift".count)) + "Fuzz/corpus/" + name
+        guard let dir = opendir(corpus) else { Issue.record("no corpus at \(corpus)"); return 0 }
         defer { closedir(dir) }
         var replayed = 0
         while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-            if name.hasPrefix(".") { continue }
-            let image = try ImageSource(path: corpus + "/" + name)
-            let bytes = image.read(0..<image.count)
-            bytes.withUnsafeBytes { target.run($0) }
+            let file = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            if file.hasPrefix(".") { continue }
+            let image = try ImageSource(path: corpus + "/" + file)
+            image.read(0..<image.count).withUnsafeBytes { run($0) }
             replayed += 1
         }
+        return replayed
+    }
+
+    @Test(arguments: FuzzTarget.allCases)
+    func theFuzzCorpusReplaysWithoutACrash(target: FuzzTarget) throws {
+        let replayed = try Self.replay(target.rawValue) { target.run($0) }
         #expect(replayed >= 2, "\(target.rawValue): \(replayed) inputs")
+    }
+
+    /// The board's `test-devices` target (svmm-fuzz's BoardTargets; the devices are Machine's).
+    @Test func theTestDevicesCorpusReplaysWithoutACrash() throws {
+        let replayed = try Self.replay("test-devices") { TestDevicesFuzz.shared.run($0) }
+        #expect(replayed >= 7, "test-devices: \(replayed) inputs")
     }
 }
