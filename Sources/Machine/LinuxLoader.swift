@@ -190,12 +190,7 @@ public struct LinuxLoader {
         guard memory.contains(kernel.end - 1, count: 1), kernel.end <= memory.regions[0].end else {
             throw LoaderError.memoryTooSmall(needed: kernel.end, available: memory.totalSize)
         }
-        for s in kernel.segments {
-            guard let source else { break }
-            try source.copy(s.fileRange, into: memory, at: s.physicalAddress)
-            let bss = s.memorySize - UInt64(s.fileRange.count)
-            if bss > 0 { try memory.fill(0, at: s.physicalAddress + UInt64(s.fileRange.count), count: Int(bss)) }
-        }
+        if let source { try loadSegments(kernel.segments, from: source, into: memory) }
         let initrd = try placeInitrd(config, above: kernel.end, ceiling: UInt64(UInt32.max) + 1, into: memory)
         let info = PVHStartInfo(commandLine: Layout.commandLine, rsdp: try writeACPI(config, into: memory),
                                 initrd: initrd, memoryMap: E820Entry.map(for: memory))
@@ -215,11 +210,7 @@ public struct LinuxLoader {
         guard kernel.start >= Layout.kernelLoad, kernel.end <= low else {
             throw LoaderError.multibootOverlap(path: kernel.path, start: kernel.start, end: kernel.end)
         }
-        for s in kernel.segments {
-            try config.kernel.copy(s.fileRange, into: memory, at: s.physicalAddress)
-            let bss = s.memorySize - UInt64(s.fileRange.count)
-            if bss > 0 { try memory.fill(0, at: s.physicalAddress + UInt64(s.fileRange.count), count: Int(bss)) }
-        }
+        try loadSegments(kernel.segments, from: config.kernel, into: memory)
         let line = Array((config.commandLine.isEmpty ? config.kernelPath : config.kernelPath + " " + config.commandLine).utf8)
         let moduleName = Array((config.initrdPath ?? "").utf8), loader = Array("svmm".utf8)
         let strings = line + [0] + moduleName + [0] + loader + [0]
@@ -236,6 +227,16 @@ public struct LinuxLoader {
         _ = try writeACPI(config, pmTimer: true, into: memory)
         try LongModeSetup.writeTables(into: memory)
         return EntryState(mode: .multiboot32, rip: UInt64(kernel.entry), bootInfo: Layout.multibootInfo)
+    }
+
+    /// Copies each segment's file bytes to its physical address and zeroes
+    /// the rest of its memory size (bss).
+    static func loadSegments(_ segments: [ELFKernel.Segment], from source: ImageSource, into memory: GuestMemory) throws {
+        for s in segments {
+            try source.copy(s.fileRange, into: memory, at: s.physicalAddress)
+            let bss = s.memorySize - UInt64(s.fileRange.count)
+            if bss > 0 { try memory.fill(0, at: s.physicalAddress + UInt64(s.fileRange.count), count: Int(bss)) }
+        }
     }
 
     static func writeCommandLine(_ config: BootConfiguration, limit: Int, into memory: GuestMemory) throws {
