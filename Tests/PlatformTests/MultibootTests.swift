@@ -23,6 +23,12 @@ struct MultibootTests {
         return (path, bytes.count, "0x" + String(h, radix: 16))
     }
 
+    /// The reference: QEMU's PC machine with software emulation (the same on
+    /// any host) and no default devices.
+    static func qemu(_ arguments: [String]) throws -> Finished {
+        try runProgram("/usr/bin/qemu-system-x86_64", ["-nodefaults", "-display", "none", "-accel", "tcg", "-M", "pc"] + arguments)
+    }
+
     static func lines(_ output: String, _ prefix: String) -> [String] {
         output.split(separator: "\n").map(String.init).filter { $0.hasPrefix(prefix) }
     }
@@ -79,10 +85,8 @@ struct MultibootTests {
     /// kvm-unit-tests' runner adds it): what both must agree on agrees.
     @Test func qemuGivesTheSameAnswers() throws {
         let m = try Self.module()
-        let args = ["-nodefaults", "-display", "none", "-accel", "tcg", "-M", "pc", "-kernel", Self.program, "-initrd", m.path,
-                    "-append", "first second exit=5", "-m", Self.memory, "-smp", "3",
-                    "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-serial", "stdio"]
-        let q = try runProgram("/usr/bin/qemu-system-x86_64", args)
+        let q = try Self.qemu(["-kernel", Self.program, "-initrd", m.path, "-append", "first second exit=5", "-m", Self.memory, "-smp", "3",
+                               "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-serial", "stdio"])
         let s = try runProgram(svmmPath, ["boot", "--kernel", Self.program, "--initrd", m.path, "--cmdline", "first second exit=5",
                                           "--memory", Self.memory, "--cpus", "3", "--test-devices", "--no-rng", "--timeout", "60s"])
         #expect(q.status == 11 && s.status == 11, "qemu \(q.status) svmm \(s.status): \(q.stdout) \(q.stderr) \(s.stderr)")
@@ -112,9 +116,8 @@ struct MultibootTests {
                      "portio-no-eventfd", "portio-wildcard-eventfd", "portio-datamatch-eventfd"] {
             #expect(s.stdout.contains("DEV pci-testdev \(name) ") && s.stdout.contains("count=16"), "svmm counts every write: \(name)")
         }
-        let q = try runProgram("/usr/bin/qemu-system-x86_64", ["-nodefaults", "-display", "none", "-accel", "tcg", "-M", "pc", "-m", "64M",
-                                                              "-kernel", program, "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
-                                                              "-device", "pc-testdev", "-device", "pci-testdev", "-serial", "stdio"])
+        let q = try Self.qemu(["-m", "64M", "-kernel", program, "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
+                                 "-device", "pc-testdev", "-device", "pci-testdev", "-serial", "stdio"])
         #expect(q.status == 1, "QEMU: \(q.stdout) \(q.stderr)")
         #expect(Self.lines(q.stdout, "PASS: ") == Self.lines(s.stdout, "PASS: "), "the same checks pass: QEMU \(q.stdout)")
     }
@@ -162,9 +165,8 @@ struct MultibootTests {
         #expect(qemuPart.contains("SUMMARY: 26 tests, 0 unexpected failures"), "\(qemuPart)")
         // QEMU's default CPU has no x2APIC, its "max" has: both ways of sending INIT/SIPI and EOIs.
         for (n, cpu, mode) in [(2, "qemu64", "xapic"), (4, "qemu64", "xapic"), (4, "max", "x2apic")] {
-            let q = try runProgram("/usr/bin/qemu-system-x86_64", ["-nodefaults", "-display", "none", "-accel", "tcg", "-cpu", cpu, "-M", "pc", "-m", "64M",
-                                                                  "-smp", String(n), "-kernel", program, "-device", "isa-debug-exit,iobase=0xf4,iosize=4",
-                                                                  "-device", "pc-testdev", "-serial", "stdio"])
+            let q = try Self.qemu(["-cpu", cpu, "-m", "64M", "-smp", String(n), "-kernel", program,
+                                     "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-device", "pc-testdev", "-serial", "stdio"])
             #expect(q.status == 1 && q.stdout.contains("bsp_apic_id=0 \(mode)\n") && q.stdout.contains("SMP online=\(n) ")
                     && q.stdout.contains("SUMMARY: 7 tests, 0 unexpected failures"), "QEMU \(n) \(cpu): \(q.stdout)")
         }
@@ -179,9 +181,8 @@ struct MultibootTests {
                                           "--memory", "64M", "--exit-stats", "--timeout", "60s"])
         #expect(s.status == 1 && s.stderr.contains("svmm: 1001 exits to userspace: io 1001 (0x80 1000, 0xf4 1)"), "\(s.stderr)")
         for program in ["outloop", "hltloop"] {
-            let q = try runProgram("/usr/bin/qemu-system-x86_64", ["-nodefaults", "-display", "none", "-accel", "tcg", "-M", "pc", "-m", "64M",
-                                                                  "-kernel", repoPath("Firmware/build/mb-\(program).elf"), "-append", "arg=100",
-                                                                  "-device", "isa-debug-exit,iobase=0xf4,iosize=1"])
+            let q = try Self.qemu(["-m", "64M", "-kernel", repoPath("Firmware/build/mb-\(program).elf"), "-append", "arg=100",
+                                     "-device", "isa-debug-exit,iobase=0xf4,iosize=1"])
             #expect(q.status == 1, "QEMU \(program): \(q.stdout) \(q.stderr)")
         }
     }
