@@ -3,7 +3,8 @@ import PackageDescription
 
 // The targets are the layers of docs/ARCHITECTURE.md; each knows only the
 // ones below it: CKVM → KVM; CHost, CAIO → VMCore → Virtio; Stats;
-// Machine (the board) → svmm (the command line).
+// Machine (the board) → svmm (the command line, and the API it serves).
+// API (Firecracker's HTTP API: parser, bodies, rules) knows none of them.
 let package = Package(
     name: "svmm",
     platforms: [.macOS(.v15)],
@@ -45,18 +46,22 @@ let package = Package(
                            .product(name: "SystemPackage", package: "swift-system"),
                            .product(name: "Histogram", package: "hdrhistogram-swift")]
         ),
+        // Firecracker's API on a Unix socket: HTTP/1.1, the JSON bodies
+        // (Codable), which call is allowed when. The machine is behind APIBackend.
+        .target(name: "API"),
         .executableTarget(
             name: "svmm",
             dependencies: [
-                "Machine", "VMCore", "Stats",
+                "Machine", "VMCore", "Stats", "API",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
         // libFuzzer target over the virtio data path (Scripts/fuzz builds it
         // with -sanitize=fuzzer; a plain build replays inputs).
-        .executableTarget(name: "svmm-fuzz", dependencies: ["Virtio", "VMCore", "Machine"]),
+        .executableTarget(name: "svmm-fuzz", dependencies: ["Virtio", "VMCore", "Machine", "API"]),
         .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "VMCore", "Virtio", "Stats"]),
+        .testTarget(name: "APITests", dependencies: ["API"]),
         // Drives the scripts and the built svmm as a user would (probe,
         // sandbox, guest artifacts); needs `swift build` first.
         .testTarget(name: "PlatformTests"),

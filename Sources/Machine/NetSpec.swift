@@ -65,7 +65,7 @@ public enum NetSpec {
     }
 
     /// "02:ab:..": six hex bytes separated by colons.
-    static func parseMAC(_ text: String) -> [UInt8]? {
+    public static func parseMAC(_ text: String) -> [UInt8]? {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)
         guard parts.count == 6 else { return nil }
         var bytes: [UInt8] = []

@@ -120,98 +120,31 @@ struct Boot: ParsableCommand {
     @OptionGroup(title: "Exit telemetry")
     var telemetry: TelemetryOptions
 
-    /// Attaches a `--net`'s TAP, or ends svmm with its one line and status.
-    func openNet(_ options: NetSpec.Options, cpus: Int) -> NetInterface {
-        let wanted = options.queues ?? min(cpus, NetSpec.maxQueues)
-        let tap: Tap
-        do throws(TapError) { tap = try Tap(name: options.tap, queues: wanted) } catch {
-            switch error.problem {
-            case .missing, .notATap: fail(error.message, .noSuchTap)
-            case .busy: fail(error.message, .inUse)
-            case .permission: fail(error.message, .noPermission)
-            case .other: fail(error.message, .failure)
-            }
-        }
-        if tap.singleQueueOnly {
-            Messages.line("svmm: TAP \(options.tap) was created without multi-queue support: one queue pair, not \(wanted)")
-        }
-        var vhost = options.vhost
-        if vhost {
-            do throws(HostError) { _ = try VhostNet() } catch {
-                Messages.line("svmm: TAP \(options.tap): vhost=on: \(error); the userspace path runs")
-                vhost = false
-            }
-        }
-        return NetInterface(tap: tap, mac: options.mac ?? Tap.defaultMAC(for: options.tap), vhost: vhost)
-    }
-
-    /// Opens the files and builds the machine; the kernel and initrd are read
-    /// straight into guest RAM.
-    func makeMachine(started: UInt64, output: ConsoleOutput, input: ConsoleInput) -> LinuxMachine {
+    /// The request these options make: the default test guest's kernel and
+    /// initrd when no --kernel is given.
+    func request(started: UInt64) -> MachineRequest {
         let cache = ArtifactCache.directory
-        let kernelPath = kernel ?? cache + "/guest/bzImage"
-        let initrdPath = initrd ?? (kernel == nil ? cache + "/guest/initramfs.cpio.gz" : nil)
-        let kernelImage: ImageSource
-        do { kernelImage = try ImageSource(path: kernelPath) } catch {
-            let hint = kernel == nil ? "; build the default test guest with Scripts/guest-artifacts" : ""
-            fail("cannot read kernel \(kernelPath): \(error.reason)\(hint)", .noInput)
-        }
-        let multiboot = MultibootKernel.isMultiboot(kernelImage)
-        var initrdImage: ImageSource?
-        if let initrdPath {
-            do { initrdImage = try ImageSource(path: initrdPath) } catch {
-                fail("cannot read initrd \(initrdPath): \(error.reason)", .noInput)
-            }
-        }
-        var config = BootConfiguration(
-            kernel: kernelImage, initrd: initrdImage,
-            commandLine: (cmdline ?? (multiboot ? "" : console == .virtio ? BootConfiguration.virtioConsoleCommandLine : BootConfiguration.defaultCommandLine))
-                + (shell ? " svmm_shell=1" : ""),
-            cpus: cpus, memoryBytes: Sizes.bytes(memory)!,
-            timeoutSeconds: timeout.flatMap(Sizes.seconds))
-        config.startTime = started
-        config.exitTiming = telemetry.enabled
-        config.kvmStatistics = telemetry.enabled
-        config.bootProtocol = bootProtocol
-        config.console = console
-        config.entropy = rng
-        for spec in disks {
-            do {
-                config.disks.append(try DiskImage(try DiskSpec.parse(spec)))
-            } catch let e as DiskError {
-                if case .locked = e.problem { fail(e.message, .inUse) }
-                fail(e.message, .noInput)
-            } catch {
-                fail("\(error)", .usage)
-            }
-        }
-        for spec in nets {
-            config.nets.append(openNet(try! NetSpec.parse(spec), cpus: cpus))   // parsed in validate()
-        }
-        config.pit = pit
-        config.testDevices = testDevices
-        if let cpuFeatures {
-            do { config.cpuFeatures = try CPUFeatures.parse(cpuFeatures) } catch { fail(error.message, .usage) }
-        }
-        let reportBootTime = bootTime
-
-        do {
-            return try LinuxMachine(config: config, kvmPath: device, consoleOutput: { byte in
-                output.append(byte)
-            }, virtioConsoleOutput: { bytes in
-                output.append(bytes)
-            }, consoleInput: input.virtioInput, onBootMarker: { ns in
-                if reportBootTime { Messages.line("svmm: boot marker reached after \(ns / 1_000_000) ms") }
-            })
-        } catch let e as LoaderError {
-            fail(e.message, .badInput)
-        } catch let e as KVMUnavailable {
-            fail(e.description, .kvmUnavailable)
-        } catch let e as CPUFeatureError {
-            fail(e.message, .usage)
-        } catch {
-            fail("\(error)", .failure)
-        }
+        var r = MachineRequest(kernelPath: kernel ?? cache + "/guest/bzImage")
+        if kernel == nil { r.kernelHint = "; build the default test guest with Scripts/guest-artifacts" }
+        r.initrdPath = initrd ?? (kernel == nil ? cache + "/guest/initramfs.cpio.gz" : nil)
+        r.commandLine = cmdline
+        r.extraCommandLine = shell ? " svmm_shell=1" : ""
+        r.cpus = cpus
+        r.memoryBytes = Sizes.bytes(memory)!
+        r.timeoutSeconds = timeout.flatMap(Sizes.seconds)
+        r.bootProtocol = bootProtocol
+        r.console = console
+        r.entropy = rng
+        r.pit = pit
+        r.testDevices = testDevices
+        r.telemetry = telemetry.enabled
+        r.reportBootTime = bootTime
+        r.kvmPath = device
+        // All parsed in validate().
+        r.disks = disks.map { try! DiskSpec.parse($0) }
+        r.nets = nets.map { try! NetSpec.parse($0) }
+        if let cpuFeatures { r.cpuFeatures = try! CPUFeatures.parse(cpuFeatures) }
+        return r
     }
 
     func run() throws {
@@ -232,7 +165,10 @@ struct Boot: ParsableCommand {
             output = try ConsoleOutput(fd: 1)
             input = try ConsoleInput(virtio: console == .virtio)
         } catch { fail("\(error)", .failure) }
-        let machine = makeMachine(started: started, output: output, input: input)
+        let machine: LinuxMachine
+        do { machine = try request(started: started).build(started: started, output: output, input: input) } catch {
+            fail(error.message, error.status)
+        }
         let session = telemetry.enabled
             ? TelemetrySession(options: telemetry, output: statsOutput, telemetry: machine.telemetry,
                                vmStats: machine.vmStats, devices: machine.deviceRanges)
@@ -266,65 +202,10 @@ struct Boot: ParsableCommand {
         let outcome: MachineExit
         do { outcome = try result.get() } catch { fail("\(error)", .failure) }
         session?.finish()
-        if exitStats {
-            Messages.line("svmm: " + StatsSummary.oneLine(machine.telemetry.map { $0.sample() }))
-            for (i, d) in machine.disks.enumerated() {
-                let c = d.counters
-                Messages.line("svmm: disk \(i) \(d.disk.options.path): \(c.requests.load(ordering: .relaxed)) requests, "
-                    + "\(c.flushes.load(ordering: .relaxed)) flushes synced, \(c.errors.load(ordering: .relaxed)) errors, "
-                    + "\(c.unsupported.load(ordering: .relaxed)) unsupported")
-            }
-            for (i, n) in machine.nets.enumerated() {
-                let pairs = n.counters.enumerated().map { p, c in
-                    "pair \(p) rx \(c.rxPackets.load(ordering: .relaxed)) (\(c.rxBytes.load(ordering: .relaxed)) B, "
-                        + "\(c.rxDropped.load(ordering: .relaxed)) dropped) tx \(c.txPackets.load(ordering: .relaxed)) "
-                        + "(\(c.txBytes.load(ordering: .relaxed)) B, \(c.txDropped.load(ordering: .relaxed)) dropped) "
-                        + "descriptors \(c.dataDescriptors.load(ordering: .relaxed))"
-                }
-                Messages.line("svmm: net \(i) \(machine.config.nets[i].tap.name): " + pairs.joined(separator: "; "))
-            }
-        }
+        if exitStats { MachineReport.exitStats(machine) }
         // Output flushed, stats written: the VM's teardown (the irqchip's, ~10 ms) need not delay the exit.
         detachTeardown()
-        switch outcome {
-        case .powerOff:
-            return
-        case .reset:
-            Messages.line("svmm: the guest rebooted")
-            throw ExitCode(ExitStatus.guestReboot.rawValue)
-        case .panic:
-            Messages.line("svmm: the guest kernel panicked (reported through pvpanic)")
-            throw ExitCode(ExitStatus.guestPanic.rawValue)
-        case let .tripleFault(cpu, rip):
-            // On AMD, KVM reinitializes the vCPU on a shutdown intercept before
-            // reporting it: a RIP at the reset vector says where it is now, not where it faulted.
-            let reset = rip == 0xFFF0 ? " (the reset vector: KVM on AMD resets the vCPU before reporting a triple fault; where it faulted is lost)" : ""
-            Messages.line("svmm: triple fault on vCPU \(cpu)\(rip.map { " at RIP 0x" + String($0, radix: 16) } ?? "")\(reset)")
-            throw ExitCode(ExitStatus.tripleFault.rawValue)
-        case .timeout:
-            let rips = machine.stoppedAt.enumerated().map { cpu, state in
-                state.map { "vCPU \(cpu) at RIP 0x\(String($0.rip, radix: 16)) (\($0.summary))" } ?? "vCPU \(cpu) at RIP ?"
-            }
-            Messages.line("svmm: timeout: the guest ran past \(timeout ?? "") (\(rips.joined(separator: "; ")))")
-            throw ExitCode(ExitStatus.timeout.rawValue)
-        case let .interrupted(sig):
-            Messages.line("svmm: stopped by signal \(sig)")
-            throw ExitCode(128 + sig)
-        case .consoleEscape:
-            Messages.line("svmm: stopped from the console (Ctrl-A x)")
-            throw ExitCode(ExitStatus.consoleEscape.rawValue)
-        case let .programExited(value):
-            let status = DebugExit.status(value)
-            Messages.line("svmm: the guest wrote 0x\(String(value, radix: 16)) to isa-debug-exit: exit status \(status)")
-            throw ExitCode(status)
-        case .halted:
-            fail("the guest stopped in a way a Linux board does not produce: \(outcome)", .failure)
-        case let .internalError(cpu, detail):
-            Messages.line("svmm: KVM internal error on vCPU \(cpu): \(detail); if 'svmm probe' says this KVM is not usable, run through Scripts/kvm-sandbox")
-            throw ExitCode(ExitStatus.kvmInternalError.rawValue)
-        case let .hostError(detail):
-            fail(detail, .failure)
-        }
+        try MachineReport.outcome(outcome, machine: machine, timeout: timeout ?? "")
     }
 }
 

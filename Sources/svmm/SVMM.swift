@@ -9,9 +9,10 @@ struct SVMM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "svmm",
         abstract: "A small, fast virtual machine monitor for Linux/x86-64.",
-        version: "svmm 0.1.0",
-        subcommands: [Boot.self, Probe.self, RunFirmware.self, Stats.self]
+        version: "svmm \(version)",
+        subcommands: [Boot.self, Serve.self, Ctl.self, Probe.self, RunFirmware.self, Stats.self]
     )
+    static let version = "0.1.0"
 }
 
 /// svmm's exit statuses. Documented in README.md; keep the two in step.
@@ -45,6 +46,8 @@ enum ExitStatus: Int32 {
     case noSuchTap = 68
     /// EX_NOPERM: a --net TAP is not this user's to attach.
     case noPermission = 77
+    /// EX_CONFIG: `svmm serve --config-file` names a file that is not a valid configuration.
+    case config = 78
     /// EX_UNAVAILABLE: /dev/kvm is missing or not accessible.
     case kvmUnavailable = 69
     /// A KVM internal error or failed entry: the guest could not be run.
