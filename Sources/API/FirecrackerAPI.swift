@@ -1,0 +1,302 @@
+import Glibc
+import Synchronization
+
+/// What the API drives: the machine. svmm's `serve` command implements it;
+/// tests give a recording one.
+public protocol APIBackend: AnyObject, Sendable {
+    /// Builds the machine from the configuration and starts it; a failure
+    /// is the 400's fault message (the machine is then not started).
+    func start(_ config: FullVmConfiguration) throws(HTTPError)
+    /// Returns once every vCPU is parked and every device quiet.
+    func pause()
+    func resume()
+    /// Whether the machine is paused now (by the API or from svmm's console).
+    var isPaused: Bool { get }
+    /// The guest's Ctrl-Alt-Del, through the keyboard controller.
+    func sendCtrlAltDel() throws(HTTPError)
+    /// svmm's telemetry in the Prometheus text format.
+    func prometheus() -> String
+    /// One line of metrics JSON for the metrics file.
+    func metricsLine() -> String
+}
+
+public enum InstanceState: String, Sendable, Codable {
+    case notStarted = "Not started"
+    case running = "Running"
+    case paused = "Paused"
+}
+
+/// Firecracker's API over svmm: the configuration before the start, the
+/// rules of which call is allowed when, and the answers. `handle` is called
+/// by one thread at a time (the server's), so the state needs no lock
+/// except for readers outside it (`state`).
+public final class FirecrackerAPI: Sendable {
+    public static let appName = "svmm"
+    public let id: String
+    public let version: String
+    let backend: APIBackend
+    private let shared: Mutex<Shared>
+
+    struct Shared: Sendable {
+        var state = InstanceState.notStarted
+        var config = FullVmConfiguration()
+        var machine = MachineConfiguration.defaults
+        var metricsFile: Int32?
+        var loggerFile: Int32?
+    }
+
+    public init(id: String, version: String, backend: APIBackend) {
+        self.id = id
+        self.version = version
+        self.backend = backend
+        shared = Mutex(Shared())
+    }
+
+    public var state: InstanceState {
+        if shared.withLock({ $0.state }) == .notStarted { return .notStarted }
+        return backend.isPaused ? .paused : .running
+    }
+
+    /// The configuration as `GET /vm/config` shows it.
+    public var configuration: FullVmConfiguration {
+        shared.withLock { s in
+            var c = s.config
+            c.machine_config = s.machine
+            return c
+        }
+    }
+
+    static let afterStart = "The requested operation is not supported after starting the microVM."
+    static let beforeStart = "The requested operation is not supported before starting the microVM."
+
+    /// Answers one request.
+    public func handle(_ request: HTTPRequest) -> HTTPResponse {
+        do throws(HTTPError) {
+            return try route(request)
+        } catch {
+            return .fault(error.status, error.message)
+        }
+    }
+
+    func route(_ r: HTTPRequest) throws(HTTPError) -> HTTPResponse {
+        let parts = r.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+        switch (r.method, parts.first, parts.count) {
+        case ("GET", nil, 0):
+            return json(InstanceInfo(app_name: Self.appName, id: id, state: state.rawValue, vmm_version: version))
+        case ("GET", "version", 1):
+            return json(FirecrackerVersion(firecracker_version: version))
+        case ("GET", "machine-config", 1):
+            return json(shared.withLock { $0.machine })
+        case ("GET", "vm", 2) where parts[1] == "config":
+            return json(configuration)
+        case ("GET", "metrics", 1):
+            return HTTPResponse(status: 200, body: Array(backend.prometheus().utf8), contentType: "text/plain; version=0.0.4; charset=utf-8")
+        case ("PUT", "boot-source", 1):
+            let body = try decode(BootSource.self, r)
+            try preBoot()
+            try Checks.readableFile(body.kernel_image_path, what: "The kernel file")
+            if let initrd = body.initrd_path { try Checks.readableFile(initrd, what: "The initrd file") }
+            shared.withLock { $0.config.boot_source = body }
+            return .noContent
+        case ("PUT", "machine-config", 1):
+            let body = try decode(MachineConfiguration.self, r).withDefaults
+            try preBoot()
+            try Checks.machine(body)
+            shared.withLock { $0.machine = body }
+            return .noContent
+        case ("PATCH", "machine-config", 1):
+            let body = try decode(MachineConfigurationUpdate.self, r)
+            try preBoot()
+            var m = shared.withLock { $0.machine }
+            if let v = body.vcpu_count { m.vcpu_count = v }
+            if let v = body.mem_size_mib { m.mem_size_mib = v }
+            if let v = body.smt { m.smt = v }
+            if let v = body.track_dirty_pages { m.track_dirty_pages = v }
+            if let v = body.cpu_template { m.cpu_template = v }
+            if let v = body.huge_pages { m.huge_pages = v }
+            try Checks.machine(m)
+            shared.withLock { [m] in $0.machine = m }
+            return .noContent
+        case ("PUT", "drives", 2):
+            let body = try decode(Drive.self, r)
+            try Checks.sameID(parts[1], body.drive_id)
+            try preBoot()
+            try Checks.drive(body)
+            try shared.withLock { s throws(HTTPError) in
+                var drives = s.config.drives ?? []
+                if body.is_root_device, drives.contains(where: { $0.is_root_device && $0.drive_id != body.drive_id }) {
+                    throw HTTPError(status: 400, "A root block device already exists!")
+                }
+                if let i = drives.firstIndex(where: { $0.drive_id == body.drive_id }) { drives[i] = body } else { drives.append(body) }
+                s.config.drives = drives
+            }
+            return .noContent
+        case ("PATCH", "drives", 2):
+            let body = try decode(PartialDrive.self, r)
+            try Checks.sameID(parts[1], body.drive_id)
+            try postBoot()
+            guard let drive = configuration.drives?.first(where: { $0.drive_id == body.drive_id }) else {
+                throw HTTPError(status: 400, "Invalid block device ID: \(body.drive_id)")
+            }
+            try Checks.noRateLimiter(body.rate_limiter, "rate_limiter")
+            if let path = body.path_on_host, path != drive.path_on_host {
+                throw HTTPError(status: 400, "svmm cannot change a drive's backing file while the guest runs.")
+            }
+            return .noContent
+        case ("PUT", "network-interfaces", 2):
+            let body = try decode(NetworkInterface.self, r)
+            try Checks.sameID(parts[1], body.iface_id)
+            try preBoot()
+            try Checks.interface(body)
+            try shared.withLock { s throws(HTTPError) in
+                var nets = s.config.network_interfaces ?? []
+                if nets.contains(where: { $0.iface_id != body.iface_id && $0.host_dev_name == body.host_dev_name }) {
+                    throw HTTPError(status: 400, "The host device \(body.host_dev_name) is already in use by another interface.")
+                }
+                if let mac = body.guest_mac, nets.contains(where: { $0.iface_id != body.iface_id && $0.guest_mac?.lowercased() == mac.lowercased() }) {
+                    throw HTTPError(status: 400, "The MAC address \(mac) is already in use by another interface.")
+                }
+                if let i = nets.firstIndex(where: { $0.iface_id == body.iface_id }) { nets[i] = body } else { nets.append(body) }
+                s.config.network_interfaces = nets
+            }
+            return .noContent
+        case ("PATCH", "network-interfaces", 2):
+            let body = try decode(PartialNetworkInterface.self, r)
+            try Checks.sameID(parts[1], body.iface_id)
+            try postBoot()
+            guard configuration.network_interfaces?.contains(where: { $0.iface_id == body.iface_id }) == true else {
+                throw HTTPError(status: 400, "Invalid network interface ID: \(body.iface_id)")
+            }
+            try Checks.noRateLimiter(body.rx_rate_limiter, "rx_rate_limiter")
+            try Checks.noRateLimiter(body.tx_rate_limiter, "tx_rate_limiter")
+            return .noContent
+        case ("PUT", "entropy", 1):
+            let body = try decode(EntropyDevice.self, r)
+            try preBoot()
+            try Checks.noRateLimiter(body.rate_limiter, "rate_limiter")
+            shared.withLock { $0.config.entropy = body }
+            return .noContent
+        case ("PUT", "metrics", 1):
+            let body = try decode(Metrics.self, r)
+            let fd = try Checks.openForAppending(body.metrics_path, what: "The metrics file")
+            try shared.withLock { s throws(HTTPError) in
+                guard s.metricsFile == nil else { close(fd); throw HTTPError(status: 400, "Reinitialization of metrics not allowed.") }
+                s.metricsFile = fd
+                s.config.metrics = body
+            }
+            return .noContent
+        case ("PUT", "logger", 1):
+            let body = try decode(Logger.self, r)
+            if let level = body.level, !["error", "warning", "warn", "info", "debug", "trace", "off"].contains(level.lowercased()) {
+                throw HTTPError(status: 400, "Invalid log level: \(level)")
+            }
+            let fd = try body.log_path.map { path throws(HTTPError) in try Checks.openForAppending(path, what: "The log file") }
+            shared.withLock { s in
+                if let old = s.loggerFile { close(old) }
+                s.loggerFile = fd
+                s.config.logger = body
+            }
+            return .noContent
+        case ("PUT", "actions", 1):
+            let body = try decode(InstanceActionInfo.self, r)
+            switch body.action_type {
+            case "InstanceStart":
+                try preBoot()
+                let config = configuration
+                guard config.boot_source != nil else {
+                    throw HTTPError(status: 400, "Cannot start microvm that was not configured with a kernel image (PUT /boot-source).")
+                }
+                try backend.start(config)
+                shared.withLock { $0.state = .running }
+                log("InstanceStart: the guest is running")
+            case "SendCtrlAltDel":
+                try postBoot()
+                try backend.sendCtrlAltDel()
+            case "FlushMetrics":
+                try flushMetrics()
+            default:
+                throw HTTPError(status: 400, "An error occurred when deserializing the json body of a request: unknown variant `\(body.action_type)`, "
+                                + "expected one of `FlushMetrics`, `InstanceStart`, `SendCtrlAltDel`.")
+            }
+            return .noContent
+        case ("PATCH", "vm", 1):
+            let body = try decode(VmState.self, r)
+            try postBoot()
+            switch body.state {
+            case "Paused":
+                backend.pause()
+                log("the guest is paused")
+            case "Resumed":
+                backend.resume()
+                log("the guest is resumed")
+            default:
+                throw HTTPError(status: 400, "An error occurred when deserializing the json body of a request: unknown variant `\(body.state)`, "
+                                + "expected one of `Paused`, `Resumed`.")
+            }
+            return .noContent
+        default:
+            throw HTTPError(status: 400, "Invalid request method and/or path: \(r.method) \(r.path.prefix(200)).")
+        }
+    }
+
+    /// A whole configuration at once (`svmm serve --config-file`): each
+    /// section checked as its PUT would be, then the start.
+    public func configure(_ c: FullVmConfiguration) throws(HTTPError) {
+        try preBoot()
+        guard let boot = c.boot_source else { throw HTTPError(status: 400, "The configuration has no boot-source.") }
+        try Checks.readableFile(boot.kernel_image_path, what: "The kernel file")
+        if let initrd = boot.initrd_path { try Checks.readableFile(initrd, what: "The initrd file") }
+        let machine = (c.machine_config ?? .defaults).withDefaults
+        try Checks.machine(machine)
+        let drives = c.drives ?? []
+        for d in drives { try Checks.sameID(d.drive_id, d.drive_id); try Checks.drive(d) }
+        if drives.filter(\.is_root_device).count > 1 { throw HTTPError(status: 400, "A root block device already exists!") }
+        if Set(drives.map(\.drive_id)).count != drives.count { throw HTTPError(status: 400, "Two drives have the same drive_id.") }
+        let nets = c.network_interfaces ?? []
+        for n in nets { try Checks.sameID(n.iface_id, n.iface_id); try Checks.interface(n) }
+        if Set(nets.map(\.iface_id)).count != nets.count || Set(nets.map(\.host_dev_name)).count != nets.count {
+            throw HTTPError(status: 400, "Two network interfaces have the same iface_id or host_dev_name.")
+        }
+        if let e = c.entropy { try Checks.noRateLimiter(e.rate_limiter, "rate_limiter") }
+        if c.logger != nil || c.metrics != nil {
+            throw HTTPError(status: 400, "svmm takes logger and metrics through the API (PUT /logger, PUT /metrics), not the configuration file.")
+        }
+        shared.withLock { s in
+            s.config = c
+            s.config.machine_config = nil
+            s.machine = machine
+        }
+        try backend.start(configuration)
+        shared.withLock { $0.state = .running }
+    }
+
+    func decode<T: APIBody>(_ type: T.Type, _ r: HTTPRequest) throws(HTTPError) -> T {
+        guard !r.body.isEmpty else { throw HTTPError(status: 400, "Empty request body: \(r.method) \(r.path) needs a JSON body.") }
+        return try APIJSON.decode(type, from: r.body)
+    }
+
+    func preBoot() throws(HTTPError) {
+        if state != .notStarted { throw HTTPError(status: 400, Self.afterStart) }
+    }
+
+    func postBoot() throws(HTTPError) {
+        if state == .notStarted { throw HTTPError(status: 400, Self.beforeStart) }
+    }
+
+    func json<T: Encodable>(_ value: T) -> HTTPResponse { HTTPResponse(status: 200, body: APIJSON.encode(value)) }
+
+    /// Writes one metrics line to the metrics file (`FlushMetrics`).
+    func flushMetrics() throws(HTTPError) {
+        guard let fd = shared.withLock({ $0.metricsFile }) else {
+            throw HTTPError(status: 400, "The metrics system is not initialized (PUT /metrics first).")
+        }
+        let line = Array((backend.metricsLine() + "\n").utf8)
+        guard Checks.writeAll(fd, line) else { throw HTTPError(status: 400, "Cannot write the metrics file.") }
+    }
+
+    /// A line in the log file, when `PUT /logger` gave one.
+    public func log(_ message: String) {
+        guard let fd = shared.withLock({ $0.loggerFile }) else { return }
+        _ = Checks.writeAll(fd, Array("[\(id)] \(message)\n".utf8))
+    }
+}
