@@ -1,3 +1,4 @@
+import API
 import Stats
 import VMCore
 import Glibc
@@ -20,35 +21,10 @@ public final class PrometheusEndpoint: Sendable {
     /// Binds the socket. An existing socket at `path` is replaced; any other
     /// existing file is left alone and refused.
     public init(path: String, render: @escaping @Sendable () -> String) throws(SetupError) {
-        var st = stat()
-        if lstat(path, &st) == 0 {
-            guard st.st_mode & S_IFMT == S_IFSOCK else {
-                throw SetupError(description: "--stats-listen \(path): a file that is not a socket is there; not replacing it")
-            }
-            unlink(path)
-        }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SetupError(description: "--stats-listen: socket: \(String(cString: strerror(errno)))") }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            close(fd)
-            throw SetupError(description: "--stats-listen \(path): path longer than a Unix socket allows (\(MemoryLayout.size(ofValue: address.sun_path) - 1) bytes)")
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { p in
-            for (i, b) in bytes.enumerated() { p[i] = b }
-        }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard bound == 0, listen(fd, 8) == 0 else {
-            let e = errno
-            close(fd)
-            throw SetupError(description: "--stats-listen \(path): \(String(cString: strerror(e)))")
+        do { listener = try UnixListener.bind(path: path, what: "--stats-listen") } catch {
+            throw SetupError(description: error.description)
         }
         self.path = path
-        listener = fd
         self.render = render
     }
 
