@@ -97,6 +97,8 @@ public final class APIServer: Sendable {
     struct Client {
         var fd: Int32
         var buffer: [UInt8] = []
+        /// `100 Continue` was sent for the request being received.
+        var continued = false
     }
 
     func serve() {
@@ -140,12 +142,18 @@ public final class APIServer: Sendable {
         while true {
             switch HTTPParser.parse(client.buffer[...], maxBodyBytes: maxBodyBytes) {
             case .incomplete:
+                // curl asks before sending a body over 1 KiB (Expect: 100-continue).
+                if !client.continued, HTTPParser.expectsContinue(client.buffer[...]) {
+                    client.continued = true
+                    return send(client.fd, Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
+                }
                 return true
             case let .failed(error):
                 send(client.fd, HTTPResponse.fault(error.status, error.message).serialized(close: true))
                 return false
             case let .request(request, consumed):
                 client.buffer.removeFirst(consumed)
+                client.continued = false
                 let response = handler(request)
                 guard send(client.fd, response.serialized(close: !request.keepAlive)), request.keepAlive else { return false }
             }

@@ -112,6 +112,16 @@ public enum HTTPParser {
         return .request(request, consumed: bodyStart + length - buffer.startIndex)
     }
 
+    /// Whether the request at the start of `buffer` has its whole head,
+    /// asks `Expect: 100-continue`, and waits for its body.
+    public static func expectsContinue(_ buffer: ArraySlice<UInt8>) -> Bool {
+        guard let headEnd = find(crlfcrlf, in: buffer),
+              let head = String(validating: buffer[buffer.startIndex..<headEnd], as: UTF8.self) else { return false }
+        return head.lowercased().split(separator: "\r\n").contains { line in
+            line.hasPrefix("expect:") && line.dropFirst(7).trimmingSpaces == "100-continue"
+        }
+    }
+
     /// The index where `needle` starts in `haystack`, if it does.
     static func find(_ needle: [UInt8], in haystack: ArraySlice<UInt8>) -> Int? {
         guard haystack.count >= needle.count else { return nil }

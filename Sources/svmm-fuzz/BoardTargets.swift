@@ -1,3 +1,4 @@
+import API
 import Machine
 
 /// Fuzz targets for the board's own port and MMIO devices (in Machine, which
@@ -11,10 +12,15 @@ enum BoardFuzzTarget: String, CaseIterable {
     /// (1, 2, 4, 8), bits 3-7 which device range; [1..2] le16 offset into
     /// it; [3..6] the value (written little-endian); [7] unused.
     case testDevices = "test-devices"
+    /// Firecracker's API as `svmm serve` answers it: bytes as a client sends
+    /// them, parsed into requests (HTTP/1.1, bodies, pipelining), each routed
+    /// and its body decoded (API's APIFuzz).
+    case api
 
     func run(_ input: UnsafeRawBufferPointer) {
         switch self {
         case .testDevices: TestDevicesFuzz.shared.run(input)
+        case .api: APIFuzz.run(input)
         }
     }
 }

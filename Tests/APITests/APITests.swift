@@ -354,3 +354,24 @@ func fault(_ r: HTTPResponse) -> String {
         #expect(FileManager.default.fileExists(atPath: f.path("data.img")))
     }
 }
+
+/// The `api` fuzz target's corpus (Tests/Fuzz/corpus/api: seeds, and each
+/// crash the fuzzer finds, kept once fixed) goes through it again.
+@Suite struct APIFuzzCorpusTests {
+    @Test func theAPICorpusReplaysWithoutACrash() throws {
+        let corpus = String(#filePath.dropLast("APITests/APITests.swift".count)) + "Fuzz/corpus/api"
+        let files = try FileManager.default.contentsOfDirectory(atPath: corpus).filter { !$0.hasPrefix(".") }
+        #expect(files.count >= 8, "\(files)")
+        for file in files {
+            let bytes = try Data(contentsOf: URL(fileURLWithPath: corpus + "/" + file))
+            bytes.withUnsafeBytes { APIFuzz.run($0) }
+        }
+    }
+
+    @Test func expectContinueIsSeenOnceTheHeadIsWhole() {
+        let head = Array("PUT /drives/a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2000\r\n\r\n".utf8)
+        #expect(HTTPParser.expectsContinue(head[...]))
+        #expect(!HTTPParser.expectsContinue(head.dropLast(2)))
+        #expect(!HTTPParser.expectsContinue(Array("PUT / HTTP/1.1\r\nContent-Length: 2\r\n\r\n".utf8)[...]))
+    }
+}

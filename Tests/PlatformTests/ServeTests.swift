@@ -1,0 +1,175 @@
+import Foundation
+import Testing
+
+/// `svmm serve` driven through Firecracker's API with curl, as Firecracker's
+/// getting-started guide does it, through the sandbox: one session in a
+/// network namespace of L1. The guest boots with a root disk made here
+/// (mke2fs -d) and a TAP, counts on its console, is paused and resumed, is
+/// sent the bad-request table while it runs, and powers off.
+@Suite(.serialized) struct ServeTests {
+    /// What the guest runs: the root disk's marker, its command line and
+    /// MAC, then a counter every 100 ms.
+    static let guestScript = "i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
+        + "mkdir -p /mnt; mount -t ext4 -o ro /dev/vda /mnt && echo ROOT $(cat /mnt/marker); echo CMDLINE $(cat /proc/cmdline); "
+        + "echo MAC $(cat /sys/class/net/eth0/address); i=0; while [ $i -lt 400 ]; do echo C $i; i=$((i+1)); sleep 0.1; done"
+
+    /// The requests sent while the guest runs, each answered 400 with a fault
+    /// message: (method, path, body, what the fault message says).
+    static let badRequests: [(String, String, String, String)] = [
+        ("PUT", "/boot-source", #"{"kernel_image_path": "/vmlinux"}"#, "not supported after starting"),
+        ("PUT", "/machine-config", #"{"vcpu_count": 1, "mem_size_mib": 128}"#, "not supported after starting"),
+        ("PUT", "/actions", #"{"action_type": "InstanceStart"}"#, "not supported after starting"),
+        ("PUT", "/drives/rootfs", #"{"drive_id": "rootfs", "is_root_device": true}"#, "not supported after starting"),
+        ("PATCH", "/vm", #"{"state": "Sleeping"}"#, "unknown variant"),
+        ("PATCH", "/vm", #"{"state": "Paused", "extra": 1}"#, "unknown field `extra`"),
+        ("PATCH", "/vm", #"{"state": 1}"#, "invalid type"),
+        ("PATCH", "/vm", #"{"state": "#, "not valid JSON"),
+        ("PATCH", "/machine-config", #"{"vcpu_count": 2}"#, "not supported after starting"),
+        ("GET", "/no/such/path", "", "Invalid request method and/or path"),
+        ("DELETE", "/vm", "", "Invalid request method and/or path"),
+        ("PUT", "/actions", String(repeating: " ", count: 60000), "larger than the limit"),
+    ]
+
+    struct Session {
+        let stdout: String
+        let stderr: String
+        let console: String
+        let status: Int32
+        let marker: String
+        let vmConfig: String
+    }
+
+    static let session: Result<Session, Error> = Result {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("svmm-serve-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir + "/root", withIntermediateDirectories: true)
+        let marker = UUID().uuidString
+        try marker.write(toFile: dir + "/root/marker", atomically: true, encoding: .utf8)
+        let made = try runProgram("/bin/sh", ["-c", "mke2fs -q -t ext4 -d '\(dir)/root' '\(dir)/rootfs.ext4' 8M"])
+        guard made.status == 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSLocalizedDescriptionKey: made.stderr]) }
+        let cache = artifactCache + "/guest"
+        // The getting-started bodies, in files (curl -d @FILE): only the paths and boot arguments are svmm's own.
+        let bodies: [(String, String)] = [
+            ("boot-source", #"{"kernel_image_path": "\#(cache)/bzImage", "initrd_path": "\#(cache)/initramfs.cpio.gz", "boot_args": "console=ttyS0 reboot=k panic=1 quiet svmm_cmd=\"\#(guestScript.replacingOccurrences(of: "\"", with: "\\\""))\""}"#),
+            ("machine-config", #"{"vcpu_count": 2, "mem_size_mib": 256}"#),
+            ("drive", #"{"drive_id": "rootfs", "path_on_host": "\#(dir)/rootfs.ext4", "is_root_device": true, "is_read_only": false}"#),
+            ("net", #"{"iface_id": "net1", "guest_mac": "06:00:AC:10:00:02", "host_dev_name": "tap0"}"#),
+            ("entropy", "{}"),
+            ("start", #"{"action_type": "InstanceStart"}"#),
+            ("pause", #"{"state": "Paused"}"#),
+            ("resume", #"{"state": "Resumed"}"#),
+        ]
+        for (name, body) in bodies { try body.write(toFile: "\(dir)/\(name).json", atomically: true, encoding: .utf8) }
+        for (i, bad) in badRequests.enumerated() { try bad.2.write(toFile: "\(dir)/bad-\(i).json", atomically: true, encoding: .utf8) }
+        let badCalls = badRequests.enumerated().map { i, bad in
+            "api -X \(bad.0) 'http://localhost\(bad.1)' \(bad.2.isEmpty ? "" : "-d @bad-\(i).json") > bad-\(i).out; echo \"=== bad \(i) $(cat bad-\(i).out)\""
+        }.joined(separator: "\n")
+        let inner = """
+            set -u
+            cd '\(dir)'
+            api() { curl -s --unix-socket api.sock -H 'Accept: application/json' -H 'Content-Type: application/json' -w ' %{http_code}' "$@"; }
+            # The console's lines end in CR LF (the serial port's).
+            con() { tr -d '\r' < console.out; }
+            last() { con | grep -a '^C [0-9]*$' | tail -1 | cut -d' ' -f2; }
+            waitfor() { i=0; while ! con | grep -qa "$1" && [ $i -lt 1500 ] && kill -0 $svmm 2>/dev/null; do sleep 0.2; i=$((i+1)); done; }
+            ip link set lo up && ip tuntap add tap0 mode tap && ip link set tap0 up || echo "=== tap setup failed"
+            '\(svmmPath)' serve --api-sock api.sock --timeout 400s --exit-stats </dev/null >console.out 2>serve.err &
+            svmm=$!
+            i=0; while [ ! -S api.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+            echo "=== info-before $(api 'http://localhost/')"
+            echo "=== boot-source $(api -X PUT 'http://localhost/boot-source' -d @boot-source.json)"
+            echo "=== machine-config $(api -X PUT 'http://localhost/machine-config' -d @machine-config.json)"
+            echo "=== drive $(api -X PUT 'http://localhost/drives/rootfs' -d @drive.json)"
+            echo "=== net $(api -X PUT 'http://localhost/network-interfaces/net1' -d @net.json)"
+            echo "=== entropy $(api -X PUT 'http://localhost/entropy' -d @entropy.json)"
+            echo "=== start $(api -X PUT 'http://localhost/actions' -d @start.json)"
+            waitfor '^C 20$'
+            echo "=== pause $(api -X PATCH 'http://localhost/vm' -d @pause.json)"
+            echo "=== info-paused $(api 'http://localhost/')"
+            sleep 1; a=$(last); sleep 2; b=$(last)
+            echo "=== paused-counts $a $b"
+            echo "=== resume $(api -X PATCH 'http://localhost/vm' -d @resume.json)"
+            waitfor "^C $((b + 10))$"
+            echo "=== resumed-count $(last)"
+            \(badCalls)
+            c=$(last); waitfor "^C $((c + 10))$"
+            echo "=== after-bad $c $(last)"
+            api 'http://localhost/vm/config' > vm-config.out; echo "=== vm-config-status $(tail -c 3 vm-config.out)"
+            echo "=== metrics $(curl -s --unix-socket api.sock http://localhost/metrics | grep -c '^svmm_vcpu_exits_total')"
+            echo "=== ctl-info $('\(svmmPath)' ctl --api-sock api.sock info)"
+            wait $svmm; echo "=== status $?"
+            echo "=== api.sock left: $([ -e api.sock ] && echo yes || echo no)"
+            echo "=== serve.err"; cat serve.err
+            """
+        let r = try sandbox(["--timeout", "900", "--modules", "tun", "--", "unshare", "-n", "sh", "-c", inner])
+        let console = (try? String(contentsOfFile: dir + "/console.out", encoding: .utf8)) ?? ""
+        var vmConfig = (try? String(contentsOfFile: dir + "/vm-config.out", encoding: .utf8)) ?? ""
+        if vmConfig.hasSuffix(" 200") { vmConfig.removeLast(4) }
+        try? FileManager.default.removeItem(atPath: dir)
+        let status = r.stdout.range(of: "=== status ").map { Int32(r.stdout[$0.upperBound...].prefix { $0.isNumber }) ?? -1 } ?? -1
+        return Session(stdout: r.stdout, stderr: r.stderr, console: console, status: status, marker: marker, vmConfig: vmConfig)
+    }
+
+    func line(_ s: Session, _ prefix: String) -> String {
+        s.stdout.split(whereSeparator: \.isNewline).first { $0.hasPrefix(prefix) }.map(String.init) ?? "(no \(prefix) line)"
+    }
+
+    /// Every getting-started call answered 204 in order, the guest booted
+    /// from them: its root disk's marker, the root device on its command
+    /// line (`root=/dev/vda rw`, as Firecracker adds it), the MAC given;
+    /// it ran to its end and svmm exited 0, removing its socket.
+    @Test func theGettingStartedCallsBootTheGuest() throws {
+        let s = try Self.session.get()
+        #expect(line(s, "=== info-before") == #"=== info-before {"app_name":"svmm","id":"anonymous-instance","state":"Not started","vmm_version":"0.1.0"} 200"#)
+        for call in ["boot-source", "machine-config", "drive", "net", "entropy", "start"] {
+            #expect(line(s, "=== \(call) ") == "=== \(call)  204", "stdout: \(s.stdout.suffix(3000)) stderr: \(s.stderr.suffix(2000))")
+        }
+        let console = s.console.split(whereSeparator: \.isNewline).map(String.init)
+        #expect(console.contains("ROOT \(s.marker)"), "console: \(s.console.suffix(3000))")
+        #expect(console.first { $0.hasPrefix("CMDLINE ") }?.hasSuffix(" root=/dev/vda rw") == true, "\(console.filter { $0.hasPrefix("CMDLINE") })")
+        #expect(console.contains("MAC 06:00:ac:10:00:02"))
+        #expect(console.contains("SVMM-GUEST-SCRIPT-EXIT=0"), "console: \(s.console.suffix(2000))")
+        #expect(s.status == 0, "stdout: \(s.stdout.suffix(3000))")
+        #expect(line(s, "=== api.sock left") == "=== api.sock left: no")
+        #expect(line(s, "=== ctl-info") == #"=== ctl-info {"app_name":"svmm","id":"anonymous-instance","state":"Running","vmm_version":"0.1.0"}"#)
+        #expect((Int(line(s, "=== metrics ").split(separator: " ").last ?? "") ?? 0) > 0, "\(line(s, "=== metrics "))")
+    }
+
+    /// Paused: `GET /` says so and the counter's value does not move over
+    /// 2 s; resumed: it counts on.
+    @Test func aPausedGuestMakesNoProgressAndCountsOnAfterResume() throws {
+        let s = try Self.session.get()
+        #expect(line(s, "=== pause ") == "=== pause  204" && line(s, "=== resume ") == "=== resume  204")
+        #expect(line(s, "=== info-paused").contains(#""state":"Paused""#))
+        let counts = line(s, "=== paused-counts").split(separator: " ").dropFirst(2).compactMap { Int($0) }
+        #expect(counts.count == 2 && counts[0] == counts[1], "while paused: \(counts); console: \(s.console.suffix(1000))")
+        let resumed = Int(line(s, "=== resumed-count").split(separator: " ").last ?? "") ?? -1
+        #expect(counts.count == 2 && resumed >= counts[1] + 10, "after resume: \(resumed)")
+    }
+
+    /// Each bad request answered 400 with its fault message while the guest
+    /// runs, and the guest counts on after them.
+    @Test func badRequestsAreAnsweredAndTheGuestRunsOn() throws {
+        let s = try Self.session.get()
+        for (i, bad) in Self.badRequests.enumerated() {
+            let l = line(s, "=== bad \(i) ")
+            #expect(l.hasSuffix(" 400") && l.contains(#"{"fault_message":""#) && l.contains(bad.3), "\(bad.0) \(bad.1): \(l)")
+        }
+        let after = line(s, "=== after-bad").split(separator: " ").dropFirst(2).compactMap { Int($0) }
+        #expect(after.count == 2 && after[1] >= after[0] + 10, "the guest after the bad requests: \(after)")
+    }
+
+    /// `GET /vm/config` returns what was configured.
+    @Test func vmConfigReturnsWhatWasConfigured() throws {
+        let s = try Self.session.get()
+        #expect(line(s, "=== vm-config-status") == "=== vm-config-status 200")
+        let config = try JSONSerialization.jsonObject(with: Data(s.vmConfig.utf8)) as? [String: Any]
+        let machine = config?["machine-config"] as? [String: Any]
+        #expect(machine?["vcpu_count"] as? Int == 2 && machine?["mem_size_mib"] as? Int == 256, "\(s.vmConfig)")
+        let drives = config?["drives"] as? [[String: Any]]
+        #expect(drives?.count == 1 && drives?.first?["drive_id"] as? String == "rootfs" && drives?.first?["is_root_device"] as? Bool == true)
+        let nets = config?["network-interfaces"] as? [[String: Any]]
+        #expect(nets?.first?["host_dev_name"] as? String == "tap0" && nets?.first?["guest_mac"] as? String == "06:00:AC:10:00:02")
+        #expect((config?["boot-source"] as? [String: Any])?["boot_args"] as? String == "console=ttyS0 reboot=k panic=1 quiet svmm_cmd=\"\(Self.guestScript)\"")
+        #expect(config?["entropy"] != nil)
+    }
+}
