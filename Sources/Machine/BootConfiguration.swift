@@ -51,6 +51,10 @@ public struct BootConfiguration: Sendable {
     /// The in-kernel i8254 PIT. Off by default: Linux with kvm-clock and the
     /// local APIC timer does not need it, and its teardown costs ~13 ms at exit.
     public var pit = false
+    /// The PC keyboard controller and a keyboard (`I8042`), named in the
+    /// FADT: the guest can be sent Ctrl-Alt-Del. Off by default: Linux's
+    /// probe of the controller costs boot time, and only the API sends keys.
+    public var keyboard = false
     /// The test devices of QEMU that kvm-unit-tests uses: isa-debug-exit
     /// (port 0xf4: the guest's write ends the run, `MachineExit.programExited`).
     public var testDevices = false

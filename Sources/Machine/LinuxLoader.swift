@@ -267,7 +267,7 @@ public struct LinuxLoader {
     }
 
     static func writeACPI(_ config: BootConfiguration, pmTimer: Bool = false, into memory: GuestMemory) throws -> UInt64 {
-        let acpi = ACPITables(cpus: config.cpus, pmTimer: pmTimer).build(at: Layout.acpiStart)
+        let acpi = ACPITables(cpus: config.cpus, pmTimer: pmTimer, keyboard: config.keyboard).build(at: Layout.acpiStart)
         try memory.write(acpi.bytes, at: Layout.acpiStart)
         try memory.write(resetVectorStub, at: Layout.resetVector)
         return acpi.rsdp

@@ -23,6 +23,8 @@ public final class LinuxMachine: Sendable {
     public let disks: [VirtioBlock]
     /// The virtio-net devices, in `config.nets` order.
     public let nets: [VirtioNet]
+    /// The keyboard controller, with `config.keyboard`.
+    public let keyboard: I8042?
 
     /// Builds the machine and loads the kernel; nothing runs yet.
     /// `consoleOutput` gets COM1's bytes; `virtioConsoleOutput` the
@@ -43,7 +45,15 @@ public final class LinuxMachine: Sendable {
         b.pio.register(serial, b.ports(Serial16550.com1Base, Serial16550.com1Base + 7), name: "serial-com1")
         let power = PowerControl { request in finish(request == .powerOff ? .powerOff : .reset) }
         b.pio.register(power, b.ports(ACPITables.sleepControlPort, ACPITables.resetPort), name: "acpi-power")
-        b.pio.register(power, b.ports(PowerControl.i8042Command, PowerControl.i8042Command), name: "i8042")
+        if config.keyboard {
+            let i8042 = I8042(setIRQ: { high in try? vm.setIRQLine(I8042.irq, high: high) }, reset: { finish(.reset) })
+            b.pio.register(i8042, b.ports(I8042.dataPort, I8042.dataPort), name: "i8042-data")
+            b.pio.register(i8042, b.ports(I8042.commandPort, I8042.commandPort), name: "i8042")
+            keyboard = i8042
+        } else {
+            b.pio.register(power, b.ports(PowerControl.i8042Command, PowerControl.i8042Command), name: "i8042")
+            keyboard = nil
+        }
         b.pio.register(CMOSClock(), b.ports(CMOSClock.indexPort, CMOSClock.dataPort), name: "cmos-rtc")
         b.pio.register(PanicDevice { finish(.panic) }, b.ports(PanicDevice.port, PanicDevice.port), name: "pvpanic")
         if entry.mode == .multiboot32 {

@@ -20,6 +20,8 @@ struct MachineRequest {
     var entropy = true
     var pit = false
     var testDevices = false
+    /// The i8042 with a keyboard (Ctrl-Alt-Del from the API).
+    var keyboard = false
     var cpuFeatures: [CPUFeatures.Change] = []
     var disks: [DiskImage.Options] = []
     var nets: [NetSpec.Options] = []
@@ -62,6 +64,7 @@ extension MachineRequest {
         config.entropy = entropy
         config.pit = pit
         config.testDevices = testDevices
+        config.keyboard = keyboard
         config.cpuFeatures = cpuFeatures
         for options in disks {
             do { config.disks.append(try DiskImage(options)) } catch {

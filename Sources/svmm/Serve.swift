@@ -193,6 +193,7 @@ final class ServeBackend: APIBackend {
         r.cpus = machineConfig.vcpu_count
         r.memoryBytes = UInt64(machineConfig.mem_size_mib) << 20
         r.entropy = config.entropy != nil
+        r.keyboard = true   // SendCtrlAltDel
         var args = boot.boot_args ?? BootConfiguration.defaultCommandLine
         let drives = (config.drives ?? []).sorted { $0.is_root_device && !$1.is_root_device }
         for drive in drives {
@@ -225,7 +226,8 @@ final class ServeBackend: APIBackend {
     func resume() { machine.withLock { $0 }?.machine.resume() }
 
     func sendCtrlAltDel() throws(HTTPError) {
-        throw HTTPError(status: 400, "SendCtrlAltDel is not supported yet: svmm's i8042 has no keyboard.")
+        guard let keyboard = machine.withLock({ $0 })?.keyboard else { throw HTTPError(status: 400, "The guest has no keyboard controller.") }
+        guard keyboard.sendCtrlAltDel() else { throw HTTPError(status: 400, "The keyboard's buffer is full: the guest has not read the keys sent before.") }
     }
 
     func prometheus() -> String {

@@ -9,7 +9,7 @@ import Testing
 @Suite(.serialized) struct ServeTests {
     /// What the guest runs: the root disk's marker, its command line and
     /// MAC, then a counter every 100 ms.
-    static let guestScript = "i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
+    static let guestScript = "echo $$ > /proc/sys/kernel/cad_pid; trap 'echo CTRL-ALT-DEL; exit 0' INT; i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
         + "mkdir -p /mnt; mount -t ext4 -o ro /dev/vda /mnt && echo ROOT $(cat /mnt/marker); echo CMDLINE $(cat /proc/cmdline); "
         + "echo MAC $(cat /sys/class/net/eth0/address); i=0; while [ $i -lt 400 ]; do echo C $i; i=$((i+1)); sleep 0.1; done"
 
@@ -37,6 +37,8 @@ import Testing
         let status: Int32
         let marker: String
         let vmConfig: String
+        /// Tests/API/check-responses.py over the session's exchanges.
+        let openAPI: Finished
     }
 
     static let session: Result<Session, Error> = Result {
@@ -47,6 +49,9 @@ import Testing
         let made = try runProgram("/bin/sh", ["-c", "mke2fs -q -t ext4 -d '\(dir)/root' '\(dir)/rootfs.ext4' 8M"])
         guard made.status == 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSLocalizedDescriptionKey: made.stderr]) }
         let cache = artifactCache + "/guest"
+        // The Python with the PyPI packages Scripts/setup installed (the real interpreter, not a shim).
+        let python = try runProgram("/bin/sh", ["-c", "python3 -c 'import sys; print(sys.executable)'"]).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
         // The getting-started bodies, in files (curl -d @FILE): only the paths and boot arguments are svmm's own.
         let bodies: [(String, String)] = [
             ("boot-source", #"{"kernel_image_path": "\#(cache)/bzImage", "initrd_path": "\#(cache)/initramfs.cpio.gz", "boot_args": "console=ttyS0 reboot=k panic=1 quiet svmm_cmd=\"\#(guestScript.replacingOccurrences(of: "\"", with: "\\\""))\""}"#),
@@ -57,16 +62,26 @@ import Testing
             ("start", #"{"action_type": "InstanceStart"}"#),
             ("pause", #"{"state": "Paused"}"#),
             ("resume", #"{"state": "Resumed"}"#),
+            ("ctrl-alt-del", #"{"action_type": "SendCtrlAltDel"}"#),
         ]
         for (name, body) in bodies { try body.write(toFile: "\(dir)/\(name).json", atomically: true, encoding: .utf8) }
         for (i, bad) in badRequests.enumerated() { try bad.2.write(toFile: "\(dir)/bad-\(i).json", atomically: true, encoding: .utf8) }
         let badCalls = badRequests.enumerated().map { i, bad in
-            "api -X \(bad.0) 'http://localhost\(bad.1)' \(bad.2.isEmpty ? "" : "-d @bad-\(i).json") > bad-\(i).out; echo \"=== bad \(i) $(cat bad-\(i).out)\""
+            "echo \"=== bad \(i) $(api \(bad.0) '\(bad.1)' \(bad.2.isEmpty ? "" : "-d @bad-\(i).json"))\""
         }.joined(separator: "\n")
         let inner = """
             set -u
             cd '\(dir)'
-            api() { curl -s --unix-socket api.sock -H 'Accept: application/json' -H 'Content-Type: application/json' -w ' %{http_code}' "$@"; }
+            # METHOD PATH [curl arguments]: prints the body, a space and the status; keeps
+            # each exchange (resp.*.request, .meta, .body) for the OpenAPI check.
+            api() {
+                m=$1 p=$2; shift 2
+                f=$(mktemp resp.XXXXXX)
+                echo "$m $p" > $f.request
+                curl -s --unix-socket api.sock -H 'Accept: application/json' -H 'Content-Type: application/json' \\
+                    -X "$m" "http://localhost$p" -o $f.body -w '%{http_code} %{content_type}' "$@" > $f.meta
+                echo "$(cat $f.body) $(cut -d' ' -f1 $f.meta)"
+            }
             # The console's lines end in CR LF (the serial port's).
             con() { tr -d '\r' < console.out; }
             last() { con | grep -a '^C [0-9]*$' | tail -1 | cut -d' ' -f2; }
@@ -75,38 +90,51 @@ import Testing
             '\(svmmPath)' serve --api-sock api.sock --timeout 400s --exit-stats </dev/null >console.out 2>serve.err &
             svmm=$!
             i=0; while [ ! -S api.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-            echo "=== info-before $(api 'http://localhost/')"
-            echo "=== boot-source $(api -X PUT 'http://localhost/boot-source' -d @boot-source.json)"
-            echo "=== machine-config $(api -X PUT 'http://localhost/machine-config' -d @machine-config.json)"
-            echo "=== drive $(api -X PUT 'http://localhost/drives/rootfs' -d @drive.json)"
-            echo "=== net $(api -X PUT 'http://localhost/network-interfaces/net1' -d @net.json)"
-            echo "=== entropy $(api -X PUT 'http://localhost/entropy' -d @entropy.json)"
-            echo "=== start $(api -X PUT 'http://localhost/actions' -d @start.json)"
+            echo "=== info-before $(api GET '/')"
+            echo "=== boot-source $(api PUT '/boot-source' -d @boot-source.json)"
+            echo "=== machine-config $(api PUT '/machine-config' -d @machine-config.json)"
+            echo "=== drive $(api PUT '/drives/rootfs' -d @drive.json)"
+            echo "=== net $(api PUT '/network-interfaces/net1' -d @net.json)"
+            echo "=== entropy $(api PUT '/entropy' -d @entropy.json)"
+            echo "=== start $(api PUT '/actions' -d @start.json)"
             waitfor '^C 20$'
-            echo "=== pause $(api -X PATCH 'http://localhost/vm' -d @pause.json)"
-            echo "=== info-paused $(api 'http://localhost/')"
+            echo "=== pause $(api PATCH '/vm' -d @pause.json)"
+            echo "=== info-paused $(api GET '/')"
             sleep 1; a=$(last); sleep 2; b=$(last)
             echo "=== paused-counts $a $b"
-            echo "=== resume $(api -X PATCH 'http://localhost/vm' -d @resume.json)"
+            echo "=== resume $(api PATCH '/vm' -d @resume.json)"
             waitfor "^C $((b + 10))$"
             echo "=== resumed-count $(last)"
             \(badCalls)
             c=$(last); waitfor "^C $((c + 10))$"
             echo "=== after-bad $c $(last)"
-            api 'http://localhost/vm/config' > vm-config.out; echo "=== vm-config-status $(tail -c 3 vm-config.out)"
-            echo "=== metrics $(curl -s --unix-socket api.sock http://localhost/metrics | grep -c '^svmm_vcpu_exits_total')"
+            api GET /vm/config > vm-config.out; echo "=== vm-config-status $(tail -c 4 vm-config.out)"
+            echo "=== metrics $(api GET /metrics | grep -c '^svmm_vcpu_exits_total')"
             echo "=== ctl-info $('\(svmmPath)' ctl --api-sock api.sock info)"
+            echo "=== ctrl-alt-del $(api PUT /actions -d @ctrl-alt-del.json) at $(last)"
             wait $svmm; echo "=== status $?"
             echo "=== api.sock left: $([ -e api.sock ] && echo yes || echo no)"
             echo "=== serve.err"; cat serve.err
+            # A third-party client: PyPI's firecracker-python configures and starts a second guest.
+            '\(svmmPath)' serve --api-sock client.sock --timeout 300s </dev/null >client-console.out 2>client-serve.err &
+            svmm=$!
+            i=0; while [ ! -S client.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+            '\(python)' '\(repoPath("Tests/API/firecracker-client.py"))' client.sock '\(cache)/bzImage' '\(cache)/initramfs.cpio.gz' \
+                'console=ttyS0 panic=-1 quiet svmm_cmd="echo CLIENT-GUEST-OK"'; echo "=== client-status $?"
+            wait $svmm; echo "=== client-serve-status $?"
+            tr -d '\r' < client-console.out | grep -a '^CLIENT-GUEST-OK$'; cat client-serve.err
             """
         let r = try sandbox(["--timeout", "900", "--modules", "tun", "--", "unshare", "-n", "sh", "-c", inner])
         let console = (try? String(contentsOfFile: dir + "/console.out", encoding: .utf8)) ?? ""
-        var vmConfig = (try? String(contentsOfFile: dir + "/vm-config.out", encoding: .utf8)) ?? ""
+        var vmConfig = (try? String(contentsOfFile: dir + "/vm-config.out", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
         if vmConfig.hasSuffix(" 200") { vmConfig.removeLast(4) }
+        // Every exchange against docs/api-openapi.yaml, and that against the facts table of docs/api.md.
+        let openAPI = try runProgram(python, [repoPath("Tests/API/check-responses.py"), repoPath("docs/api-openapi.yaml"),
+                                              repoPath("docs/api.md"), dir])
         try? FileManager.default.removeItem(atPath: dir)
         let status = r.stdout.range(of: "=== status ").map { Int32(r.stdout[$0.upperBound...].prefix { $0.isNumber }) ?? -1 } ?? -1
-        return Session(stdout: r.stdout, stderr: r.stderr, console: console, status: status, marker: marker, vmConfig: vmConfig)
+        return Session(stdout: r.stdout, stderr: r.stderr, console: console, status: status, marker: marker, vmConfig: vmConfig,
+                       openAPI: openAPI)
     }
 
     func line(_ s: Session, _ prefix: String) -> String {
@@ -134,6 +162,20 @@ import Testing
         #expect((Int(line(s, "=== metrics ").split(separator: " ").last ?? "") ?? 0) > 0, "\(line(s, "=== metrics "))")
     }
 
+    /// SendCtrlAltDel reaches the guest through the i8042 and its keyboard:
+    /// the kernel sends SIGINT to the process the guest named (cad_pid, as
+    /// it would to init), which ends its count and the guest powers off.
+    @Test func ctrlAltDelReachesTheGuest() throws {
+        let s = try Self.session.get()
+        let l = line(s, "=== ctrl-alt-del")
+        #expect(l.hasPrefix("=== ctrl-alt-del  204 at "), "\(l)")
+        let console = s.console.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        #expect(console.contains("CTRL-ALT-DEL"), "console: \(s.console.suffix(1500))")
+        let lastCount = console.compactMap { $0.hasPrefix("C ") ? Int($0.dropFirst(2)) : nil }.last ?? -1
+        #expect(lastCount >= 0 && lastCount < 399, "the count ran to \(lastCount): the key did not stop it")
+        #expect(s.status == 0)
+    }
+
     /// Paused: `GET /` says so and the counter's value does not move over
     /// 2 s; resumed: it counts on.
     @Test func aPausedGuestMakesNoProgressAndCountsOnAfterResume() throws {
@@ -156,6 +198,33 @@ import Testing
         }
         let after = line(s, "=== after-bad").split(separator: " ").dropFirst(2).compactMap { Int($0) }
         #expect(after.count == 2 && after[1] >= after[0] + 10, "the guest after the bad requests: \(after)")
+    }
+
+    /// PyPI's firecracker-python (its Api wrapper, unmodified) configures
+    /// svmm, sees a refusal as its APIError, starts the guest, and the guest
+    /// runs its command and powers off.
+    @Test func aThirdPartyClientConfiguresAndStartsSvmm() throws {
+        let s = try Self.session.get()
+        #expect(line(s, "CLIENT-VERSION") == "CLIENT-VERSION 0.1.0", "stdout: \(s.stdout.suffix(2000))")
+        #expect(line(s, "CLIENT-REFUSED").hasPrefix("CLIENT-REFUSED API fault: The vCPU number is invalid!"))
+        #expect(line(s, "CLIENT-STARTED") == "CLIENT-STARTED" && line(s, "CLIENT-INFO") == "CLIENT-INFO Running")
+        #expect(line(s, "=== client-status") == "=== client-status 0")
+        #expect(line(s, "CLIENT-GUEST-OK") == "CLIENT-GUEST-OK" && line(s, "=== client-serve-status") == "=== client-serve-status 0")
+    }
+
+    /// Every response of the session (the getting-started calls, pause,
+    /// resume, the bad requests, /vm/config, /metrics) is valid against
+    /// svmm's OpenAPI description (docs/api-openapi.yaml, itself checked by
+    /// openapi-spec-validator), whose operations and status codes are those
+    /// of the facts table in docs/api.md.
+    @Test func everyResponseMatchesTheOpenAPIDescription() throws {
+        let s = try Self.session.get()
+        #expect(s.openAPI.status == 0, "\(s.openAPI.stdout)\(s.openAPI.stderr)")
+        let checked = s.openAPI.stdout.split(whereSeparator: \.isNewline).last { $0.hasPrefix("checked ") } ?? ""
+        let count = Int(checked.split(separator: " ").dropFirst().first ?? "") ?? 0
+        // The calls of the session: GET / twice, six to configure and start, pause, resume,
+        // /vm/config, /metrics, SendCtrlAltDel, and the bad requests.
+        #expect(count == 13 + Self.badRequests.count, "\(s.openAPI.stdout)")
     }
 
     /// `GET /vm/config` returns what was configured.

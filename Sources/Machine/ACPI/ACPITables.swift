@@ -12,9 +12,13 @@ import VMCore
 /// names and finds tables through the RSDP's 32-bit RSDT) the FADT is not
 /// hardware-reduced (ACPI ignores PM_TMR_BLK on such a platform) and names
 /// the ACPI PM timer (`PMTimer`), and an RSDT lists the tables too.
+/// With `keyboard` the FADT says an 8042 is there (IAPC_BOOT_ARCH bit 1),
+/// so Linux probes the keyboard controller (`I8042`); without it Linux
+/// leaves ports 0x60/0x64 alone.
 public struct ACPITables: Sendable {
     public var cpus: Int
     public var pmTimer: Bool
+    public var keyboard: Bool
 
     public static let sleepControlPort: UInt16 = 0x600
     public static let sleepStatusPort: UInt16 = 0x601
@@ -23,9 +27,10 @@ public struct ACPITables: Sendable {
     /// SLP_TYP the DSDT's \_S5 object gives for soft-off.
     public static let s5SleepType: UInt8 = 5
 
-    public init(cpus: Int, pmTimer: Bool = false) {
+    public init(cpus: Int, pmTimer: Bool = false, keyboard: Bool = false) {
         self.cpus = cpus
         self.pmTimer = pmTimer
+        self.keyboard = keyboard
     }
 
     /// The I/O APIC's id follows the vCPUs' local APIC ids.
@@ -73,7 +78,7 @@ public struct ACPITables: Sendable {
         var b = [UInt8](repeating: 0, count: 276 - 36)
         func put(_ bytes: [UInt8], at offset: Int) { b.replaceSubrange((offset - 36)..<(offset - 36 + bytes.count), with: bytes) }
         put(le(UInt64(UInt32(truncatingIfNeeded: dsdt)), 4), at: 40)
-        put(le(0x0004, 2), at: 109)                         // IAPC_BOOT_ARCH: VGA not present
+        put(le(keyboard ? 0x0006 : 0x0004, 2), at: 109)    // IAPC_BOOT_ARCH: VGA not present; 8042 with `keyboard`
         let hwReduced: UInt64 = 1 << 20, resetSupported: UInt64 = 1 << 10
         let powerButtonAbsent: UInt64 = 1 << 4, sleepButtonAbsent: UInt64 = 1 << 5
         put(le((pmTimer ? 0 : hwReduced) | resetSupported | powerButtonAbsent | sleepButtonAbsent, 4), at: 112)

@@ -10,6 +10,8 @@ public final class TestDevicesFuzz: @unchecked Sendable {
     var pio = Bus(), mmio = Bus()
     /// Each range: its bus (true: ports), first address, length.
     var ranges: [(ports: Bool, first: UInt64, count: UInt64)] = []
+    /// The keyboard controller (the board's own, with `keyboard`): keys arrive between accesses.
+    let keyboard = I8042(setIRQ: { _ in }, reset: {})
 
     init() {
         memory = try! GuestMemory(size: 1 << 20)
@@ -30,6 +32,8 @@ public final class TestDevicesFuzz: @unchecked Sendable {
         add(pci.memoryWindow, ports: false, Layout.testDeviceBAR, PCITestDevice.memorySize)
         add(pci.portWindow, ports: true, UInt64(Layout.testDevicePorts), PCITestDevice.portSize)
         add(PCIHostBridge(functions: [pci]), ports: true, UInt64(PCIHostBridge.addressPort), 8)
+        add(keyboard, ports: true, UInt64(I8042.dataPort), 1)
+        add(keyboard, ports: true, UInt64(I8042.commandPort), 1)
     }
 
     /// One input (svmm-fuzz's `test-devices` target; its format there).
@@ -51,6 +55,8 @@ public final class TestDevicesFuzz: @unchecked Sendable {
             }
             // The PM timer's 32-bit read never shows more than 24 bits.
             if !isWrite && width == 4 && address == UInt64(PMTimer.port) { precondition(data[3] == 0, "a PM timer value past 24 bits") }
+            // [7] bit 0: Ctrl-Alt-Del typed after this access.
+            if input[at + 7] & 1 != 0 { keyboard.sendCtrlAltDel() }
             at += 8
         }
     }

@@ -1,0 +1,152 @@
+import Synchronization
+import VMCore
+
+/// The PC keyboard controller (i8042) with a keyboard behind it: as much as
+/// Linux's i8042 and atkbd drivers need to find a keyboard without waiting
+/// on timeouts, so that Ctrl-Alt-Del can be typed into the guest
+/// (`sendCtrlAltDel`, Firecracker's `SendCtrlAltDel`). No mouse: the
+/// auxiliary port's tests fail at once. Port 0x60 is data, 0x64 status (read)
+/// and command (write); 0xFE to 0x64 pulses the reset line. Bytes for the
+/// guest raise IRQ 1 (an edge per byte) while the controller's keyboard
+/// interrupt is enabled. The keyboard speaks scan code set 2 (the
+/// controller does not translate unless the guest sets the bit).
+public final class I8042: BusDevice {
+    public static let dataPort: UInt16 = 0x60
+    public static let commandPort: UInt16 = 0x64
+    public static let irq: UInt32 = 1
+    static let bufferSize = 16
+
+    // Status register bits.
+    static let statusOutputFull: UInt8 = 0x01
+    static let statusSystem: UInt8 = 0x04
+    static let statusCommandData: UInt8 = 0x08
+    static let statusUnlocked: UInt8 = 0x10
+    // Control register ("command byte") bits.
+    static let controlKeyboardInterrupt: UInt8 = 0x01
+    static let controlSystem: UInt8 = 0x04
+
+    /// Ctrl, Alt and Delete pressed, in scan code set 2.
+    public static let ctrlAltDel: [UInt8] = [0x14, 0x11, 0xE0, 0x71]
+
+    struct State {
+        var control: UInt8 = controlSystem | controlKeyboardInterrupt
+        var outputPort: UInt8 = 0x01
+        /// A controller command waiting for its byte at port 0x60.
+        var pendingCommand: UInt8?
+        /// A keyboard command waiting for its parameter (set LEDs, typematic rate, scan code set).
+        var keyboardParameter = false
+        var buffer: [UInt8] = []
+
+        var status: UInt8 {
+            var s = statusUnlocked | (control & controlSystem)
+            if !buffer.isEmpty { s |= statusOutputFull }
+            if pendingCommand != nil { s |= statusCommandData }
+            return s
+        }
+    }
+
+    private let state = Mutex(State())
+    private let setIRQ: @Sendable (Bool) -> Void
+    private let reset: @Sendable () -> Void
+
+    /// `setIRQ` drives IRQ 1; `reset` is the reset line (the guest's reboot).
+    public init(setIRQ: @escaping @Sendable (Bool) -> Void, reset: @escaping @Sendable () -> Void) {
+        self.setIRQ = setIRQ
+        self.reset = reset
+    }
+
+    /// Types Ctrl-Alt-Del; false when the keyboard's buffer has no room for it.
+    @discardableResult
+    public func sendCtrlAltDel() -> Bool {
+        let interrupt = state.withLock { s -> Bool? in
+            guard s.buffer.count + Self.ctrlAltDel.count <= Self.bufferSize else { return nil }
+            s.buffer += Self.ctrlAltDel
+            return s.control & Self.controlKeyboardInterrupt != 0
+        }
+        guard let interrupt else { return false }
+        if interrupt { pulse() }
+        return true
+    }
+
+    public func read(address: UInt64, data: UnsafeMutableRawBufferPointer) {
+        guard !data.isEmpty else { return }
+        data.initializeMemory(as: UInt8.self, repeating: 0)
+        // Byte-wide registers: a wider read gets the byte and zeros, with the byte's effect.
+        switch UInt16(truncatingIfNeeded: address) {
+        case Self.commandPort:
+            data[0] = state.withLock { $0.status }
+        case Self.dataPort:
+            let (byte, more) = state.withLock { s -> (UInt8, Bool) in
+                guard !s.buffer.isEmpty else { return (0, false) }
+                let b = s.buffer.removeFirst()
+                return (b, !s.buffer.isEmpty && s.control & Self.controlKeyboardInterrupt != 0)
+            }
+            data[0] = byte
+            if more { pulse() }
+        default:
+            break
+        }
+    }
+
+    public func write(address: UInt64, data: UnsafeRawBufferPointer) {
+        guard let v = data.first else { return }
+        let port = UInt16(truncatingIfNeeded: address)
+        var interrupt = false, resetNow = false
+        state.withLock { s in
+            func answer(_ bytes: [UInt8]) {
+                s.buffer = bytes   // a command's answer replaces what was unread
+                interrupt = s.control & Self.controlKeyboardInterrupt != 0
+            }
+            if port == Self.commandPort {
+                s.pendingCommand = nil
+                switch v {
+                case 0x20: answer([s.control])                          // read the control register
+                case 0x60, 0xD1, 0xD3: s.pendingCommand = v            // write control, output port; aux loopback
+                case 0xD0: answer([s.outputPort])                       // read the output port
+                case 0xA9: answer([0x01])                               // aux interface test: clock line stuck low (no mouse)
+                case 0xAA: answer([0x55])                               // self-test passed
+                case 0xAB: answer([0x00])                               // keyboard interface test passed
+                case 0xFE: resetNow = true                              // pulse the reset line
+                default: break                                          // enable/disable ports, and the rest: accepted
+                }
+                return
+            }
+            guard port == Self.dataPort else { return }
+            if let command = s.pendingCommand {
+                s.pendingCommand = nil
+                switch command {
+                case 0x60: s.control = v
+                case 0xD1:
+                    s.outputPort = v
+                    if v & 0x01 == 0 { resetNow = true }              // bit 0 low: the reset line
+                case 0xD3: answer([0xFE])                               // no mouse: the loopback is not echoed
+                default: break
+                }
+                return
+            }
+            // A byte for the keyboard.
+            if s.keyboardParameter {
+                s.keyboardParameter = false
+                answer([0xFA])
+                return
+            }
+            switch v {
+            case 0xF2: answer([0xFA, 0xAB, 0x83])                       // identify: an MF2 keyboard
+            case 0xFF: answer([0xFA, 0xAA])                             // reset: self-test passed
+            case 0xEE: answer([0xEE])                                   // echo
+            case 0xED, 0xF0, 0xF3:                                      // LEDs, scan code set, typematic: a parameter follows
+                s.keyboardParameter = true
+                answer([0xFA])
+            default: answer([0xFA])
+            }
+        }
+        if resetNow { reset() }
+        if interrupt { pulse() }
+    }
+
+    /// An edge on IRQ 1.
+    private func pulse() {
+        setIRQ(true)
+        setIRQ(false)
+    }
+}
