@@ -62,6 +62,9 @@ struct Boot: ParsableCommand {
     @Flag(help: "An in-kernel i8254 PIT (ports 0x40-0x43, 0x61), for guests without kvm-clock or a local APIC timer; Linux needs none.")
     var pit = false
 
+    @Flag(help: "The PC keyboard controller (i8042) with a keyboard, named in the ACPI tables, as `svmm serve` has it for Ctrl-Alt-Del; Linux then probes it at boot.")
+    var i8042 = false
+
     @Flag(help: ArgumentHelp("QEMU's test devices, as kvm-unit-tests uses them: isa-debug-exit at port 0xf4 (a write of VALUE ends svmm with status (VALUE << 1) | 1).",
                              discussion: "The guest chooses that status, so an odd status (svmm's own 1, 11, 65, 69, 73, 75, 77, 143) can come from either; svmm's last line on stderr says which."))
     var testDevices = false
@@ -137,6 +140,7 @@ struct Boot: ParsableCommand {
         r.entropy = rng
         r.pit = pit
         r.testDevices = testDevices
+        r.keyboard = i8042
         r.telemetry = telemetry.enabled
         r.reportBootTime = bootTime
         r.kvmPath = device

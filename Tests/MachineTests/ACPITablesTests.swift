@@ -11,8 +11,8 @@ import Testing
     static let base: UInt64 = 0xE0000
 
     /// Splits the blob into tables by following RSDP → XSDT → FADT → DSDT.
-    func tables(cpus: Int) -> [String: [UInt8]] {
-        let blob = ACPITables(cpus: cpus).build(at: Self.base).bytes
+    func tables(cpus: Int, keyboard: Bool = false) -> [String: [UInt8]] {
+        let blob = ACPITables(cpus: cpus, keyboard: keyboard).build(at: Self.base).bytes
         func at(_ address: UInt64) -> [UInt8] {
             let o = Int(address - Self.base)
             let length = Int(blob[o + 4]) | Int(blob[o + 5]) << 8 | Int(blob[o + 6]) << 16
@@ -72,6 +72,19 @@ import Testing
         #expect(dsl.contains("WordBusNumber (ResourceProducer"))
         #expect(dsl.contains("0xFEBFFFFF"))
         #expect(dsl.contains("Device (PEVT)") && dsl.contains("\"QEMU0001\""))
+    }
+
+    /// With the keyboard: the FADT says an 8042 is there and the DSDT
+    /// describes it (PNP0303: ports 0x60 and 0x64, IRQ 1); without, neither.
+    @Test func theKeyboardControllerIsNamedOnlyWhenThereIsOne() throws {
+        let with = tables(cpus: 1, keyboard: true), without = tables(cpus: 1)
+        let dsl = try disassemble("dsdt", with["DSDT"]!)
+        #expect(dsl.contains("Device (PS2K)") && dsl.contains("EisaId (\"PNP0303\")"), "\(dsl)")
+        #expect(dsl.contains("0x0060") && dsl.contains("0x0064") && dsl.contains("{1}"))
+        #expect(try !disassemble("dsdt", without["DSDT"]!).contains("PNP0303"))
+        #expect(try disassemble("facp", with["FACP"]!).contains("8042 Present on ports 60/64 (V2) : 1"))
+        #expect(try disassemble("facp", without["FACP"]!).contains("8042 Present on ports 60/64 (V2) : 0"))
+        for (name, bytes) in with where name != "RSDP" { #expect(bytes.reduce(UInt8(0), &+) == 0, "\(name) checksum") }
     }
 
     @Test func madtListsOneLocalAPICPerCPUAndTheIOAPIC() throws {

@@ -9,7 +9,7 @@ import Testing
 @Suite(.serialized) struct ServeTests {
     /// What the guest runs: the root disk's marker, its command line and
     /// MAC, then a counter every 100 ms.
-    static let guestScript = "echo $$ > /proc/sys/kernel/cad_pid; trap 'echo CTRL-ALT-DEL; exit 0' INT; i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
+    static let guestScript = "echo 0 > /proc/sys/kernel/ctrl-alt-del; echo $$ > /proc/sys/kernel/cad_pid; trap 'echo CTRL-ALT-DEL; exit 0' INT; i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
         + "mkdir -p /mnt; mount -t ext4 -o ro /dev/vda /mnt && echo ROOT $(cat /mnt/marker); echo CMDLINE $(cat /proc/cmdline); "
         + "echo MAC $(cat /sys/class/net/eth0/address); i=0; while [ $i -lt 400 ]; do echo C $i; i=$((i+1)); sleep 0.1; done"
 

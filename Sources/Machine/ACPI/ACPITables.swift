@@ -145,9 +145,19 @@ public struct ACPITables: Sendable {
                 AML.dwordWindow(io: true, 0x0D00, 0xFFFF),
                 AML.dwordWindow(io: false, UInt32(Layout.pciHoleStart), UInt32(Layout.pciWindowEnd)),
             ])))
+        // The PS/2 keyboard controller (PNP0303) with `keyboard`: Linux's i8042
+        // driver takes its ports and IRQ 1 from here (and, with no PS/2 mouse
+        // described, does not probe for one).
+        let ps2k = keyboard ? AML.device("PS2K",
+            AML.name("_HID", AML.eisaID("PNP0303")) +
+            AML.name("_CRS", AML.resourceTemplate([
+                AML.ioPorts(I8042.dataPort, count: 1),
+                AML.ioPorts(I8042.commandPort, count: 1),
+                AML.irq(Int(I8042.irq)),
+            ]))) : []
         // Name (_S5, Package (4) { 5, 0, 0, 0 }): the soft-off sleep type (§7.4.2).
         let s5 = AML.name("_S5", AML.package([AML.integer(UInt64(Self.s5SleepType)), AML.integer(0), AML.integer(0), AML.integer(0)]))
-        return Self.table("DSDT", revision: 2, body: AML.scope("\\_SB", pci + com1 + pvpanic) + s5)
+        return Self.table("DSDT", revision: 2, body: AML.scope("\\_SB", pci + com1 + pvpanic + ps2k) + s5)
     }
 
     static func checksum<C: Collection>(_ bytes: C) -> UInt8 where C.Element == UInt8 {
