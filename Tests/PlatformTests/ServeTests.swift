@@ -4,13 +4,14 @@ import Testing
 /// `svmm serve` driven through Firecracker's API with curl, as Firecracker's
 /// getting-started guide does it, through the sandbox: one session in a
 /// network namespace of L1. The guest boots with a root disk made here
-/// (mke2fs -d) and a TAP, counts on its console, is paused and resumed, is
+/// (the test guest's initramfs and a marker, mke2fs -d), switches to it as
+/// its root file system, and has a TAP; counts on its console, is paused and resumed, is
 /// sent the bad-request table while it runs, and powers off.
 @Suite(.serialized) struct ServeTests {
     /// What the guest runs: the root disk's marker, its command line and
     /// MAC, then a counter every 100 ms.
-    static let guestScript = "echo 0 > /proc/sys/kernel/ctrl-alt-del; echo $$ > /proc/sys/kernel/cad_pid; trap 'echo CTRL-ALT-DEL; exit 0' INT; i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; "
-        + "mkdir -p /mnt; mount -t ext4 -o ro /dev/vda /mnt && echo ROOT $(cat /mnt/marker); echo CMDLINE $(cat /proc/cmdline); "
+    static let guestScript = "echo 0 > /proc/sys/kernel/ctrl-alt-del; echo $$ > /proc/sys/kernel/cad_pid; trap 'echo CTRL-ALT-DEL; exit 0' INT; "
+        + "echo ROOTFS $(grep ' / ' /proc/mounts | tail -1 | cut -d' ' -f1,3) $(cat /marker); echo CMDLINE $(cat /proc/cmdline); "
         + "echo MAC $(cat /sys/class/net/eth0/address); i=0; while [ $i -lt 400 ]; do echo C $i; i=$((i+1)); sleep 0.1; done"
 
     /// The requests sent while the guest runs, each answered 400 with a fault
@@ -45,10 +46,13 @@ import Testing
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("svmm-serve-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir + "/root", withIntermediateDirectories: true)
         let marker = UUID().uuidString
-        try marker.write(toFile: dir + "/root/marker", atomically: true, encoding: .utf8)
-        let made = try runProgram("/bin/sh", ["-c", "mke2fs -q -t ext4 -d '\(dir)/root' '\(dir)/rootfs.ext4' 8M"])
-        guard made.status == 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSLocalizedDescriptionKey: made.stderr]) }
         let cache = artifactCache + "/guest"
+        // The root disk: the test guest's initramfs as a file system (its /init
+        // switches to a root= device and runs again from there), and a marker.
+        try marker.write(toFile: dir + "/root/marker", atomically: true, encoding: .utf8)
+        let made = try runProgram("/bin/sh", ["-c", "cd '\(dir)/root' && gzip -dc '\(cache)/initramfs.cpio.gz' | cpio -idm --quiet && "
+                                              + "mke2fs -q -t ext4 -d '\(dir)/root' '\(dir)/rootfs.ext4' 96M"])
+        guard made.status == 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSLocalizedDescriptionKey: made.stderr]) }
         // The Python with the PyPI packages Scripts/setup installed (the real interpreter, not a shim).
         let python = try runProgram("/bin/sh", ["-c", "python3 -c 'import sys; print(sys.executable)'"]).stdout
             .trimmingCharacters(in: .whitespacesAndNewlines)
@@ -142,8 +146,9 @@ import Testing
     }
 
     /// Every getting-started call answered 204 in order, the guest booted
-    /// from them: its root disk's marker, the root device on its command
-    /// line (`root=/dev/vda rw`, as Firecracker adds it), the MAC given;
+    /// from them: its root file system is the root disk (/dev/vda, ext4,
+    /// with the marker), as `root=/dev/vda rw` (added as Firecracker adds
+    /// it) asked; the MAC given;
     /// it ran to its end and svmm exited 0, removing its socket.
     @Test func theGettingStartedCallsBootTheGuest() throws {
         let s = try Self.session.get()
@@ -152,7 +157,7 @@ import Testing
             #expect(line(s, "=== \(call) ") == "=== \(call)  204", "stdout: \(s.stdout.suffix(3000)) stderr: \(s.stderr.suffix(2000))")
         }
         let console = s.console.split(whereSeparator: \.isNewline).map(String.init)
-        #expect(console.contains("ROOT \(s.marker)"), "console: \(s.console.suffix(3000))")
+        #expect(console.contains("ROOTFS /dev/vda ext4 \(s.marker)"), "console: \(s.console.suffix(3000))")
         #expect(console.first { $0.hasPrefix("CMDLINE ") }?.hasSuffix(" root=/dev/vda rw") == true, "\(console.filter { $0.hasPrefix("CMDLINE") })")
         #expect(console.contains("MAC 06:00:ac:10:00:02"))
         #expect(console.contains("SVMM-GUEST-SCRIPT-EXIT=0"), "console: \(s.console.suffix(2000))")
