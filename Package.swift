@@ -4,7 +4,7 @@ import PackageDescription
 // The targets are the layers of docs/ARCHITECTURE.md; each knows only the
 // ones below it: CKVM → KVM; CHost, CAIO → VMCore → Virtio; Stats;
 // Machine (the board) → svmm (the command line, and the API it serves).
-// API (Firecracker's HTTP API: parser, bodies, rules) knows none of them.
+// API (Firecracker's HTTP API: parser, bodies, rules) knows only VMCore.
 let package = Package(
     name: "svmm",
     platforms: [.macOS(.v15)],
@@ -48,7 +48,7 @@ let package = Package(
         ),
         // Firecracker's API on a Unix socket: HTTP/1.1, the JSON bodies
         // (Codable), which call is allowed when. The machine is behind APIBackend.
-        .target(name: "API"),
+        .target(name: "API", dependencies: ["VMCore"]),
         .executableTarget(
             name: "svmm",
             dependencies: [

@@ -1,4 +1,5 @@
 import Glibc
+import VMCore
 
 /// The checks a body passes before it changes the configuration: what svmm
 /// can do of each field, and host paths that exist (nothing is created).
@@ -56,7 +57,7 @@ enum Checks {
         guard !n.host_dev_name.isEmpty, n.host_dev_name.utf8.count <= 15, !n.host_dev_name.contains("/") else {
             throw HTTPError(status: 400, "Invalid host_dev_name '\(n.host_dev_name.prefix(32))': a TAP's name, 1 to 15 bytes.")
         }
-        if let mac = n.guest_mac, parseMAC(mac) == nil {
+        if let mac = n.guest_mac, Tap.parseMAC(mac) == nil {
             throw HTTPError(status: 400, "Invalid guest_mac '\(mac.prefix(32))': six hex bytes, e.g. 06:00:AC:10:00:02.")
         }
         if n.mtu != nil { throw HTTPError(status: 400, "svmm advertises the TAP's own MTU: set it on \(n.host_dev_name) and leave mtu out.") }
@@ -66,17 +67,6 @@ enum Checks {
 
     static func noRateLimiter(_ value: JSONPresence?, _ name: String) throws(HTTPError) {
         if value != nil { throw HTTPError(status: 400, "svmm has no rate limiters: \(name) must be absent or null.") }
-    }
-
-    static func parseMAC(_ text: String) -> [UInt8]? {
-        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count == 6 else { return nil }
-        var bytes: [UInt8] = []
-        for p in parts {
-            guard p.count == 2, let b = UInt8(p, radix: 16) else { return nil }
-            bytes.append(b)
-        }
-        return bytes
     }
 
     /// Opens an existing file or named pipe to append to (never creates one).

@@ -42,7 +42,7 @@ public enum NetSpec {
                 }
                 tap = value
             case "mac":
-                guard let mac = parseMAC(value) else { throw NetSpecError("--net '\(spec)': mac must be six hex bytes, e.g. 02:00:00:00:00:01") }
+                guard let mac = Tap.parseMAC(value) else { throw NetSpecError("--net '\(spec)': mac must be six hex bytes, e.g. 02:00:00:00:00:01") }
                 guard mac[0] & 1 == 0 else { throw NetSpecError("--net '\(spec)': mac \(value) is a multicast address") }
                 guard mac.contains(where: { $0 != 0 }) else { throw NetSpecError("--net '\(spec)': mac \(value) is all zeros") }
                 options.mac = mac
@@ -62,18 +62,6 @@ public enum NetSpec {
         guard let tap else { throw NetSpecError("--net '\(spec)': no tap=NAME") }
         options.tap = tap
         return options
-    }
-
-    /// "02:ab:..": six hex bytes separated by colons.
-    public static func parseMAC(_ text: String) -> [UInt8]? {
-        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count == 6 else { return nil }
-        var bytes: [UInt8] = []
-        for p in parts {
-            guard p.count == 2, let b = UInt8(p, radix: 16) else { return nil }
-            bytes.append(b)
-        }
-        return bytes
     }
 }
 

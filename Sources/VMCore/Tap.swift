@@ -79,6 +79,18 @@ public final class Tap: Sendable {
 
     /// The guest's MAC address when none is given: stable for a TAP name
     /// (FNV-1a of it), unicast and locally administered (02:xx:xx:xx:xx:xx).
+    /// "02:ab:..": six hex bytes separated by colons; nil for anything else.
+    public static func parseMAC(_ text: String) -> [UInt8]? {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 6 else { return nil }
+        var bytes: [UInt8] = []
+        for p in parts {
+            guard p.count == 2, let b = UInt8(p, radix: 16) else { return nil }
+            bytes.append(b)
+        }
+        return bytes
+    }
+
     public static func defaultMAC(for name: String) -> [UInt8] {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for b in name.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }

@@ -153,13 +153,7 @@ struct Boot: ParsableCommand {
 
     func run() throws {
         let started = DispatchTime.now().uptimeNanoseconds
-        // SIGINT/SIGTERM/SIGHUP are blocked in every thread (threads inherit
-        // the mask) and taken by one thread with sigwait: no Dispatch worker
-        // threads (8 MiB stacks) in the VMM.
-        var stopSignals = sigset_t()
-        sigemptyset(&stopSignals)
-        for sig in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&stopSignals, sig) }
-        pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
+        let stopSignals = StopSignals.block()
         let statsOutput = telemetry.openOutput()
         // The first line on a terminal (kvm-sandbox sets SVMM_CONSOLE_TERMINAL
         // when the terminal is on its side of the sandbox).
@@ -193,11 +187,7 @@ struct Boot: ParsableCommand {
         // Console input: stdin, less the escape commands, to COM1 or the virtio-console.
         Terminal.enterRawMode()
         do { try input.start(serial: machine.serial, machine: machine.machine) } catch { fail("\(error)", .failure) }
-        let waitSet = stopSignals
-        _ = try? startHostThread("signal handling", detached: true) {
-            var set = waitSet, sig: Int32 = 0
-            if sigwait(&set, &sig) == 0 { machine.stop(.interrupted(signal: sig)) }
-        }
+        StopSignals.handle(stopSignals) { machine.stop(.interrupted(signal: $0)) }
 
         let result = Result { try machine.run() }
         // Every byte the guest wrote reaches stdout before svmm says how it ended.

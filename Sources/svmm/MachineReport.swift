@@ -1,4 +1,5 @@
 import ArgumentParser
+import Glibc
 import Machine
 import Stats
 import VMCore
@@ -66,6 +67,28 @@ enum MachineReport {
             throw ExitCode(ExitStatus.kvmInternalError.rawValue)
         case let .hostError(detail):
             fail(detail, .failure)
+        }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP, blocked in every thread (threads inherit the
+/// mask) and taken by one thread with sigwait: no Dispatch worker threads
+/// (8 MiB stacks) in the VMM.
+enum StopSignals {
+    /// Blocks them; call before any thread starts.
+    static func block() -> sigset_t {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for sig in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&set, sig) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+        return set
+    }
+
+    /// The thread that takes the first of them and hands it to `stop`.
+    static func handle(_ set: sigset_t, _ stop: @escaping @Sendable (Int32) -> Void) {
+        _ = try? startHostThread("signal handling", detached: true) {
+            var set = set, sig: Int32 = 0
+            if sigwait(&set, &sig) == 0 { stop(sig) }
         }
     }
 }

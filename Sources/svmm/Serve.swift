@@ -62,10 +62,7 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         let started = DispatchTime.now().uptimeNanoseconds
-        var stopSignals = sigset_t()
-        sigemptyset(&stopSignals)
-        for sig in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&stopSignals, sig) }
-        pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
+        let stopSignals = StopSignals.block()
         let output: ConsoleOutput, input: ConsoleInput
         do {
             output = try ConsoleOutput(fd: 1)
@@ -94,11 +91,7 @@ struct Serve: ParsableCommand {
             server = APIServer(listener: listener, path: apiSock, maxBodyBytes: httpApiMaxPayloadSize) { api.handle($0) }
             guard server!.start() else { fail("cannot start the API thread", .failure) }
         }
-        let waitSet = stopSignals
-        _ = try? startHostThread("signal handling", detached: true) {
-            var set = waitSet, sig: Int32 = 0
-            if sigwait(&set, &sig) == 0 { backend.stop(signal: sig) }
-        }
+        StopSignals.handle(stopSignals) { backend.stop(signal: $0) }
         if let fileConfig {
             do { try api.configure(fileConfig) } catch {
                 server?.stop()
@@ -211,7 +204,7 @@ final class ServeBackend: APIBackend {
         for interface in config.network_interfaces ?? [] {
             var options = NetSpec.Options(tap: interface.host_dev_name)
             if let mac = interface.guest_mac {
-                guard let bytes = NetSpec.parseMAC(mac) else { throw HTTPError(status: 400, "Invalid guest_mac \(mac).") }
+                guard let bytes = Tap.parseMAC(mac) else { throw HTTPError(status: 400, "Invalid guest_mac \(mac).") }
                 options.mac = bytes
             }
             r.nets.append(options)
