@@ -96,24 +96,6 @@ public struct StatsRecord: Sendable, Equatable {
 // MARK: Writing
 
 extension StatsHeader {
-    var json: JSON {
-        .object([
-            ("record", .string("header")),
-            ("schema", .string(StatsSchema.name)),
-            ("version", .integer(Int64(version))),
-            ("interval_ns", .integer(Int64(intervalNanoseconds))),
-            ("vcpus", .integer(Int64(vcpus))),
-            ("start_unix_ns", .integer(Int64(startUnixNanoseconds))),
-            ("timing", .bool(timing)),
-            ("exit_reasons", .array(ExitReason.allCases.map { .string($0.name) })),
-            ("devices", .array(devices.map {
-                .object([("bus", .string($0.bus)), ("first", .string(hex($0.first))), ("last", .string(hex($0.last))), ("name", .string($0.name))])
-            })),
-            ("kvm_vm_stats", .array(kvmVMStats.map(\.json))),
-            ("kvm_vcpu_stats", .array(kvmVCPUStats.map(\.json))),
-        ])
-    }
-
     var csvRows: [[String]] {
         var rows: [[String]] = [
             ["header", "0", "0", "0", "", "schema", StatsSchema.name, String(version)],
@@ -129,30 +111,7 @@ extension StatsHeader {
     }
 }
 
-extension StatInfo {
-    var json: JSON {
-        .object([("name", .string(name)), ("kind", .string(kind)), ("unit", .string(unit)),
-                 ("exponent", .integer(Int64(exponent))), ("size", .integer(Int64(size)))])
-    }
-}
-
 extension StatsRecord {
-    var json: JSON {
-        var members: [(String, JSON)] = [("record", .string(kind.rawValue))]
-        if kind == .interval {
-            members += [("seq", .integer(Int64(seq))), ("t_ns", .integer(Int64(time))), ("dt_ns", .integer(Int64(duration)))]
-            if partial { members.append(("partial", .bool(true))) }
-        } else {
-            members.append(("t_ns", .integer(Int64(time))))
-        }
-        members.append(("vcpu", .string(vcpu)))
-        for name in Self.sectionOrder {
-            guard let section = sections[name] else { continue }
-            members.append((name, .object(section.sorted { $0.key < $1.key }.map { ($0.key, .integer(Int64(clamping: $0.value))) })))
-        }
-        return .object(members)
-    }
-
     var csvRows: [[String]] {
         var rows: [[String]] = []
         let prefix = [kind.rawValue, String(seq), String(time), String(duration), vcpu]
@@ -185,14 +144,14 @@ extension String {
 public enum StatsEncoder {
     public static func header(_ h: StatsHeader, format: StatsFormat) -> String {
         switch format {
-        case .jsonl: return h.json.text + "\n"
+        case .jsonl: return StatsJSON.line(h)
         case .csv: return StatsSchema.csvColumns.joined(separator: ",") + "\n" + rows(h.csvRows)
         }
     }
 
     public static func records(_ records: [StatsRecord], format: StatsFormat) -> String {
         switch format {
-        case .jsonl: return records.map { $0.json.text + "\n" }.joined()
+        case .jsonl: return records.map(StatsJSON.line).joined()
         case .csv: return rows(records.flatMap(\.csvRows))
         }
     }
@@ -232,46 +191,9 @@ public struct StatsFile: Sendable {
         var header: StatsHeader?
         var intervals: [StatsRecord] = [], finals: [StatsRecord] = []
         for (n, line) in text.split(separator: "\n", omittingEmptySubsequences: true).enumerated() {
-            guard let v = JSON.parse(String(line)) else { throw StatsFileError(description: "line \(n + 1): not valid JSON") }
-            switch v["record"]?.string {
-            case "header":
-                guard v["schema"]?.string == StatsSchema.name else { throw StatsFileError(description: "line \(n + 1): schema is not \(StatsSchema.name)") }
-                var h = StatsHeader()
-                h.version = v["version"]?.uint64 ?? 0
-                guard h.version == StatsSchema.version else { throw StatsFileError(description: "schema version \(h.version) is not \(StatsSchema.version)") }
-                h.intervalNanoseconds = v["interval_ns"]?.uint64 ?? 0
-                h.vcpus = Int(v["vcpus"]?.uint64 ?? 0)
-                h.startUnixNanoseconds = v["start_unix_ns"]?.uint64 ?? 0
-                h.timing = v["timing"] != .bool(false)
-                h.devices = (v["devices"]?.elements ?? []).compactMap { d in
-                    guard let bus = d["bus"]?.string, let f = d["first"]?.string.flatMap(parseHex),
-                          let l = d["last"]?.string.flatMap(parseHex), let name = d["name"]?.string else { return nil }
-                    return DeviceRange(bus: bus, first: f, last: l, name: name)
-                }
-                func stats(_ key: String) -> [StatInfo] {
-                    (v[key]?.elements ?? []).compactMap { s in
-                        guard let name = s["name"]?.string else { return nil }
-                        return StatInfo(name: name, kind: s["kind"]?.string ?? "", unit: s["unit"]?.string ?? "",
-                                        exponent: Int(s["exponent"]?.double ?? 0), size: Int(s["size"]?.uint64 ?? 1))
-                    }
-                }
-                h.kvmVMStats = stats("kvm_vm_stats")
-                h.kvmVCPUStats = stats("kvm_vcpu_stats")
-                header = h
-            case "interval", "final":
-                let kind: StatsRecord.Kind = v["record"]?.string == "final" ? .final : .interval
-                var r = StatsRecord(kind: kind, vcpu: v["vcpu"]?.string ?? "")
-                r.seq = Int(v["seq"]?.uint64 ?? 0)
-                r.time = v["t_ns"]?.uint64 ?? 0
-                r.duration = v["dt_ns"]?.uint64 ?? 0
-                r.partial = v["partial"] == .bool(true)
-                for name in StatsRecord.sectionOrder {
-                    guard let section = v[name] else { continue }
-                    r.sections[name] = Dictionary(section.members.map { ($0.0, $0.1.uint64 ?? 0) }, uniquingKeysWith: +)
-                }
-                if kind == .final { finals.append(r) } else { intervals.append(r) }
-            default:
-                throw StatsFileError(description: "line \(n + 1): unknown record kind")
+            switch try StatsJSON.read(line, lineNumber: n + 1) {
+            case let .header(h): header = h
+            case let .record(r): if r.kind == .final { finals.append(r) } else { intervals.append(r) }
             }
         }
         guard let header else { throw StatsFileError(description: "no header record") }
