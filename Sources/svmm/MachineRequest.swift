@@ -32,7 +32,7 @@ struct MachineRequest {
 }
 
 /// Why a machine was not built: the one line, and svmm's exit status for it.
-struct StartFailure: Error {
+struct StartFailure: Error, Sendable {
     let message: String
     let status: ExitStatus
 }

@@ -24,7 +24,8 @@ struct Serve: ParsableCommand {
             The guest's console is COM1 on stdout; stdin goes to the guest.
             svmm exits when the guest powers off or reboots, with the statuses of
             `svmm boot`; 73 when the socket cannot be made, 78 when the
-            configuration file is not valid.
+            configuration file is not valid (a machine it describes that cannot
+            be built exits with `svmm boot`'s status for the cause).
 
             Examples:
               svmm serve --api-sock /tmp/svmm.sock
@@ -95,6 +96,8 @@ struct Serve: ParsableCommand {
         if let fileConfig {
             do { try api.configure(fileConfig) } catch {
                 server?.stop()
+                // A machine that could not be built exits as `svmm boot` would (a missing TAP 68, a locked disk 75, …).
+                if let failure = backend.startFailure { fail(failure.message, failure.status) }
                 fail("--config-file \(configFile!): \(error.message)", .config)
             }
         }
@@ -125,6 +128,10 @@ final class ServeBackend: APIBackend {
     private let recorder = Mutex<StatsRecorder?>(nil)
     private let startedOrStopped = DispatchSemaphore(value: 0)
     private let signal = Atomic<Int32>(0)
+    private let failure = Mutex<StartFailure?>(nil)
+
+    /// Why the last InstanceStart could not build the machine, if it could not.
+    var startFailure: StartFailure? { failure.withLock { $0 } }
 
     init(started: UInt64, output: ConsoleOutput, input: ConsoleInput, kvmPath: String, timeoutSeconds: Double?) {
         self.started = started
@@ -157,6 +164,7 @@ final class ServeBackend: APIBackend {
         request.timeoutSeconds = timeoutSeconds
         let built: LinuxMachine
         do { built = try request.build(started: started, output: output, input: input) } catch {
+            failure.withLock { $0 = error }
             throw HTTPError(status: 400, "Cannot start the microVM: \(error.message)")
         }
         do {
