@@ -68,6 +68,7 @@ final class MachineBuilder {
     let memory: GuestMemory
     let outcome = RunOutcome()
     let irqchip: Bool
+    let pit: Bool
     var pio = Bus()
     var mmio = Bus()
     private var virtio: [VirtioPCIDevice] = []
@@ -80,6 +81,7 @@ final class MachineBuilder {
         hypervisor = try Hypervisor(path: kvmPath)
         vm = try hypervisor.createVM()
         self.irqchip = irqchip
+        self.pit = pit
         // Intel's real-mode TSS pages: needed before the first vCPU runs on VMX; a no-op elsewhere.
         try? vm.setTSSAddress(Layout.kvmTSS)
         // Memory slots first: each KVM_SET_USER_MEMORY_REGION after the
@@ -140,7 +142,7 @@ final class MachineBuilder {
     /// The machine, ready to start; `haltEndsRun` where nothing can wake a halted vCPU.
     func build(telemetry: [VCPUTelemetry], haltEndsRun: Bool) throws -> RunningMachine {
         try RunningMachine(vm: vm, memory: memory, vcpus: vcpus, pio: pio, mmio: mmio, telemetry: telemetry,
-                           virtio: virtio, haltEndsRun: haltEndsRun, outcome: outcome)
+                           virtio: virtio, haltEndsRun: haltEndsRun, outcome: outcome, irqchip: irqchip, pit: pit)
     }
 
     var builtVCPUs: [VCPU] { vcpus }

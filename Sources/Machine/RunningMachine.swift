@@ -95,6 +95,9 @@ public final class RunningMachine: Sendable {
     public let virtio: [VirtioPCIDevice]
     /// No in-kernel irqchip: a halted vCPU can never wake, so HLT ends the run.
     let haltEndsRun: Bool
+    /// The in-kernel irqchip and PIT, whose state a snapshot saves with the vCPUs'.
+    let irqchip: Bool
+    let pit: Bool
     let outcome: RunOutcome
     let controls: [VCPUControl]
     private let deviceThreads = Mutex<[pthread_t]>([])
@@ -103,7 +106,7 @@ public final class RunningMachine: Sendable {
     private let started = Atomic<Bool>(false)
 
     init(vm: VirtualMachine, memory: GuestMemory, vcpus: [VCPU], pio: Bus, mmio: Bus, telemetry: [VCPUTelemetry],
-         virtio: [VirtioPCIDevice], haltEndsRun: Bool, outcome: RunOutcome) throws(HostError) {
+         virtio: [VirtioPCIDevice], haltEndsRun: Bool, outcome: RunOutcome, irqchip: Bool, pit: Bool) throws(HostError) {
         self.vm = vm
         self.memory = memory
         self.vcpus = vcpus
@@ -112,6 +115,8 @@ public final class RunningMachine: Sendable {
         self.telemetry = telemetry
         self.virtio = virtio
         self.haltEndsRun = haltEndsRun
+        self.irqchip = irqchip
+        self.pit = pit
         self.outcome = outcome
         var controls: [VCPUControl] = []
         for _ in vcpus { controls.append(try VCPUControl()) }
@@ -175,6 +180,27 @@ public final class RunningMachine: Sendable {
         }
     }
 
+    /// KVM's state of every vCPU, and of the VM's irqchip, kvm-clock and PIT
+    /// where it has them, read while paused (`pause()` first) or before the start.
+    public func saveKVMState() throws -> (vcpus: [VCPUSavedState], vm: VMSavedState?) {
+        precondition(!started.load(ordering: .acquiring) || isPaused, "save the state of a paused machine")
+        let msrs = try vm.hypervisor.msrIndexList()
+        let vcpuStates = try vcpus.map { v throws(KVMError) in try v.saveState(msrIndices: msrs, lapic: irqchip) }
+        return (vcpuStates, irqchip ? try vm.saveState(pit: pit) : nil)
+    }
+
+    /// Sets the state `saveKVMState` read (of a machine built the same way):
+    /// the VM's first, then each vCPU's. Before the start or while paused.
+    public func restoreKVMState(vcpus states: [VCPUSavedState], vm vmState: VMSavedState?) throws {
+        precondition(!started.load(ordering: .acquiring) || isPaused, "restore into a paused machine")
+        guard states.count == vcpus.count else { throw SavedStateError(description: "\(states.count) vCPUs saved, the machine has \(vcpus.count)") }
+        guard (vmState != nil) == irqchip, (vmState?.pit != nil) == (irqchip && pit) else {
+            throw SavedStateError(description: "the saved VM state and this machine differ in irqchip or PIT")
+        }
+        if let vmState { try vm.restoreState(vmState) }
+        for (v, s) in zip(vcpus, states) { try v.restoreState(s) }
+    }
+
     /// Whether `pause()` holds the machine now.
     public var isPaused: Bool { controls.allSatisfy { $0.wanted == .paused } }
 
@@ -215,9 +241,14 @@ public final class RunningMachine: Sendable {
         return wait(timeout: timeout)
     }
 
-    /// Where a vCPU thread parks while paused: it answers, clears its exit
-    /// request and sleeps on its wake event until asked to run or stop.
+    /// Where a vCPU thread parks while paused: it completes its last exit
+    /// (one `KVM_RUN` with immediate_exit set: KVM finishes an IN's or an
+    /// MMIO read's result and moves RIP past the instruction, then returns at
+    /// once), answers, clears its exit request and sleeps on its wake event
+    /// until asked to run or stop. So a paused vCPU's registers are whole.
     func park(_ vcpu: VCPU, _ control: VCPUControl) {
+        vcpu.requestExit()
+        _ = try? vcpu.run()
         vcpu.clearExitRequest()
         control.current.store(VCPUControl.State.paused.rawValue, ordering: .releasing)
         var p = pollfd(fd: control.wake.fd, events: Int16(POLLIN), revents: 0)
@@ -260,7 +291,11 @@ public final class RunningMachine: Sendable {
             case let .mmio(address, isWrite, data):
                 mmio.access(address, isWrite: isWrite, data: data)
             case .interrupted:
-                break
+                // A kick whose pause was taken back before this thread parked
+                // (resume right after start or pause) leaves immediate_exit set:
+                // clear it, or every KVM_RUN returns at once. The loop's top
+                // sees a pause asked for since.
+                if control.wanted == .running { vcpu.clearExitRequest() }
             case .halt:
                 if haltEndsRun { outcome.finish(.halted(cpu: vcpu.id)); return }
             case .shutdown:

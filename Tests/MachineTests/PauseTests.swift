@@ -59,6 +59,21 @@ struct PauseTests {
         #expect(machine.wait(timeout: 30) == .powerOff)
     }
 
+    /// Paused before the start and resumed at once, before the vCPU thread
+    /// has parked: the pause's kick must not stay behind and make every
+    /// KVM_RUN return at once.
+    @Test func aResumeRightAfterStartRuns() throws {
+        for _ in 0..<5 {
+            let machine = try FirmwareRunner(timeoutSeconds: 60).build(image: Self.countingLoop).machine
+            machine.pause()
+            try machine.start()
+            machine.resume()
+            #expect(countPasses(machine, 1000, seconds: 5), "the guest did not run after a resume right after start")
+            machine.stop(.powerOff)
+            #expect(machine.wait(timeout: 30) == .powerOff)
+        }
+    }
+
     @Test func pauseTwiceAndResumeTwiceAreHarmless() throws {
         let machine = try FirmwareRunner(timeoutSeconds: 60).build(image: Self.countingLoop).machine
         try machine.start()

@@ -91,6 +91,36 @@ static inline int ckvm_set_fpu(int fd, const struct kvm_fpu *f) { return CKVM_RE
 static inline int ckvm_set_msrs(int fd, const struct kvm_msrs *m) { return CKVM_RESULT(ioctl(fd, KVM_SET_MSRS, m)); }
 static inline int ckvm_translate(int fd, struct kvm_translation *t) { return CKVM_RESULT(ioctl(fd, KVM_TRANSLATE, t)); }
 
+// The state a snapshot saves and a restore sets (vCPU ioctls).
+static inline int ckvm_get_fpu(int fd, struct kvm_fpu *f) { return CKVM_RESULT(ioctl(fd, KVM_GET_FPU, f)); }
+// KVM_GET_XSAVE2 (any size KVM_CAP_XSAVE2 names) or KVM_GET_XSAVE (4 KiB): `buf` holds a struct kvm_xsave.
+static inline int ckvm_get_xsave(int fd, void *buf, int two) { return CKVM_RESULT(ioctl(fd, two ? KVM_GET_XSAVE2 : KVM_GET_XSAVE, buf)); }
+static inline int ckvm_set_xsave(int fd, const void *buf) { return CKVM_RESULT(ioctl(fd, KVM_SET_XSAVE, buf)); }
+static inline int ckvm_get_xcrs(int fd, struct kvm_xcrs *x) { return CKVM_RESULT(ioctl(fd, KVM_GET_XCRS, x)); }
+static inline int ckvm_set_xcrs(int fd, const struct kvm_xcrs *x) { return CKVM_RESULT(ioctl(fd, KVM_SET_XCRS, x)); }
+static inline int ckvm_set_mp_state(int fd, uint32_t state) {
+    struct kvm_mp_state s = { .mp_state = state };
+    return CKVM_RESULT(ioctl(fd, KVM_SET_MP_STATE, &s));
+}
+static inline int ckvm_set_vcpu_events(int fd, const struct kvm_vcpu_events *e) { return CKVM_RESULT(ioctl(fd, KVM_SET_VCPU_EVENTS, e)); }
+static inline int ckvm_get_debugregs(int fd, struct kvm_debugregs *d) { return CKVM_RESULT(ioctl(fd, KVM_GET_DEBUGREGS, d)); }
+static inline int ckvm_set_debugregs(int fd, const struct kvm_debugregs *d) { return CKVM_RESULT(ioctl(fd, KVM_SET_DEBUGREGS, d)); }
+// The MSRs KVM saves and restores (system fd): up to `capacity` indices;
+// the count, or -E2BIG with *needed set when there are more.
+int ckvm_get_msr_index_list(int fd, uint32_t *indices, uint32_t capacity, uint32_t *needed);
+// KVM_GET_MSRS / KVM_SET_MSRS over flat arrays: how many, from the first,
+// KVM read or wrote (it stops at the first it refuses), or -errno.
+int ckvm_get_msrs_flat(int fd, const uint32_t *indices, uint64_t *values, uint32_t count);
+int ckvm_set_msrs_flat(int fd, const uint32_t *indices, const uint64_t *values, uint32_t count);
+
+// The VM's own state: the in-kernel irqchip (chip 0/1 the PICs, 2 the I/O APIC), kvm-clock, the PIT.
+static inline int ckvm_get_irqchip(int fd, struct kvm_irqchip *c) { return CKVM_RESULT(ioctl(fd, KVM_GET_IRQCHIP, c)); }
+static inline int ckvm_set_irqchip(int fd, const struct kvm_irqchip *c) { return CKVM_RESULT(ioctl(fd, KVM_SET_IRQCHIP, c)); }
+static inline int ckvm_get_clock(int fd, struct kvm_clock_data *c) { return CKVM_RESULT(ioctl(fd, KVM_GET_CLOCK, c)); }
+static inline int ckvm_set_clock(int fd, const struct kvm_clock_data *c) { return CKVM_RESULT(ioctl(fd, KVM_SET_CLOCK, c)); }
+static inline int ckvm_get_pit2(int fd, struct kvm_pit_state2 *s) { return CKVM_RESULT(ioctl(fd, KVM_GET_PIT2, s)); }
+static inline int ckvm_set_pit2(int fd, const struct kvm_pit_state2 *s) { return CKVM_RESULT(ioctl(fd, KVM_SET_PIT2, s)); }
+
 // The kvm_run exit payload is an anonymous union; these accessors give Swift
 // a named view of the members svmm reads.
 static inline struct kvm_run_io_view { uint8_t direction, size; uint16_t port; uint32_t count; uint64_t data_offset; }
