@@ -201,6 +201,26 @@ public final class RunningMachine: Sendable {
         for (v, s) in zip(vcpus, states) { try v.restoreState(s) }
     }
 
+    /// The machine's shape and KVM state as a snapshot's state file holds
+    /// them (devices' states: none yet). Paused, or before the start.
+    public func snapshotState() throws -> SnapshotState {
+        let (vcpuStates, vmState) = try saveKVMState()
+        let shape = SnapshotState.MachineShape(cpus: vcpus.count, ram: memory.regions.map { ($0.guestAddress, $0.size) },
+                                               irqchip: irqchip, pit: pit)
+        return SnapshotState(machine: shape, vcpus: vcpuStates, vm: vmState)
+    }
+
+    /// Restores a snapshot into this machine, built with the same shape and
+    /// paused before its start: guest RAM becomes a private mapping of
+    /// `memoryFile`, then the KVM state is set.
+    public func restore(_ state: SnapshotState, memoryFile: Int32) throws {
+        let shape = SnapshotState.MachineShape(cpus: vcpus.count, ram: memory.regions.map { ($0.guestAddress, $0.size) },
+                                               irqchip: irqchip, pit: pit)
+        guard shape == state.machine else { throw SavedStateError(description: "the snapshot's machine (\(state.machine.cpus) vCPUs, \(state.machine.ramBytes >> 20) MiB) is not this one") }
+        try memory.mapPrivately(memoryFile)
+        try restoreKVMState(vcpus: state.vcpus, vm: state.vm)
+    }
+
     /// Whether `pause()` holds the machine now.
     public var isPaused: Bool { controls.allSatisfy { $0.wanted == .paused } }
 

@@ -97,6 +97,57 @@ public final class GuestMemory: @unchecked Sendable {
 
     public var totalSize: UInt64 { regions.reduce(0) { $0 + $1.size } }
 
+    /// Writes guest RAM to `fd` from offset 0, the regions one after
+    /// another: pages of zeros are left as holes (a sparse file), and the file
+    /// ends at `totalSize`. Read with the vCPUs and devices paused.
+    public func save(to fd: Int32) throws(HostError) {
+        let chunk = 64 << 10
+        var offset: Int64 = 0
+        for r in regions {
+            // SAFETY: [host, host + size) is this region's live mapping; read only, within the call.
+            let base = UnsafeRawPointer(bitPattern: r.host)!
+            var at = 0
+            while at < Int(r.size) {
+                let n = min(chunk, Int(r.size) - at)
+                let bytes = UnsafeRawBufferPointer(start: base + at, count: n)
+                if !bytes.allSatisfy({ $0 == 0 }) {
+                    var done = 0
+                    while done < n {
+                        let w = pwrite(fd, bytes.baseAddress! + done, n - done, off_t(offset) + off_t(at + done))
+                        if w < 0, errno == EINTR { continue }
+                        guard w > 0 else { throw HostError("writing guest RAM", Errno(rawValue: errno)) }
+                        done += w
+                    }
+                }
+                at += n
+            }
+            offset += Int64(r.size)
+        }
+        guard ftruncate(fd, off_t(offset)) == 0 else { throw HostError("sizing the memory file", Errno(rawValue: errno)) }
+    }
+
+    /// Replaces guest RAM with a private mapping of `fd` (as `save` wrote
+    /// it): pages come from the file when first touched, and writes stay in
+    /// this process. The regions keep their host addresses, so KVM's memory
+    /// slots stay as they are. Before any vCPU runs.
+    public func mapPrivately(_ fd: Int32) throws(HostError) {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw HostError("the memory file", Errno(rawValue: errno)) }
+        guard UInt64(st.st_size) == totalSize else {
+            throw HostError("the memory file is \(st.st_size) bytes; guest RAM is \(totalSize)", Errno(rawValue: EINVAL))
+        }
+        var offset: off_t = 0
+        for r in regions {
+            // SAFETY: MAP_FIXED over this region's own mapping, same address and
+            // size: nothing else lives there, and every pointer into it is lent
+            // only within a call; no vCPU runs yet.
+            let p = mmap(UnsafeMutableRawPointer(bitPattern: r.host), Int(r.size), PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd, offset)
+            guard p != MAP_FAILED, UInt(bitPattern: p) == r.host else { throw HostError("mapping the memory file", Errno(rawValue: errno)) }
+            offset += off_t(r.size)
+        }
+    }
+
     /// Hands every region to the VM as a memory slot.
     ///
     /// SAFETY: the one place a pointer into guest RAM leaves this type for

@@ -18,11 +18,15 @@ enum BoardFuzzTarget: String, CaseIterable {
     /// them, parsed into requests (HTTP/1.1, bodies, pipelining), each routed
     /// and its body decoded (API's APIFuzz).
     case api
+    /// A snapshot's state file (SnapshotState.decode): any bytes, refused
+    /// with an error or read; what is read writes back byte for byte.
+    case snapshotState = "snapshot-state"
 
     func run(_ input: UnsafeRawBufferPointer) {
         switch self {
         case .testDevices: TestDevicesFuzz.shared.run(input)
         case .api: APIFuzz.run(input)
+        case .snapshotState: SnapshotState.fuzz(input)
         }
     }
 }
