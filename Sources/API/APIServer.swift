@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import VMCore
 
 /// A listening Unix socket at a path. An old socket there is replaced; any
 /// other file is left alone and refused.
@@ -69,21 +70,9 @@ public final class APIServer: Sendable {
     }
 
     /// Serves on a new thread until `stop()`.
-    public func start() -> Bool {
-        var attributes = pthread_attr_t()
-        pthread_attr_init(&attributes)
-        pthread_attr_setstacksize(&attributes, 256 << 10)
-        defer { pthread_attr_destroy(&attributes) }
-        let box = Unmanaged.passRetained(self)
-        var t = pthread_t()
-        let rc = pthread_create(&t, &attributes, { arg in
-            let server = Unmanaged<APIServer>.fromOpaque(arg!).takeRetainedValue()
-            server.serve()
-            return nil
-        }, box.toOpaque())
-        guard rc == 0 else { box.release(); return false }
+    public func start() throws(HostError) {
+        let t = try startHostThread("the API server") { [self] in serve() }
         thread.withLock { $0 = t }
-        return true
     }
 
     public func stop() {

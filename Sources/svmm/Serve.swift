@@ -90,7 +90,7 @@ struct Serve: ParsableCommand {
             let listener: Int32
             do { listener = try UnixListener.bind(path: apiSock, what: "--api-sock") } catch { fail(error.description, .cannotCreate) }
             server = APIServer(listener: listener, path: apiSock, maxBodyBytes: httpApiMaxPayloadSize) { api.handle($0) }
-            guard server!.start() else { fail("cannot start the API thread", .failure) }
+            do { try server!.start() } catch { fail("\(error)", .failure) }
         }
         StopSignals.handle(stopSignals) { backend.stop(signal: $0) }
         if let fileConfig {

@@ -109,6 +109,11 @@ import Testing
             echo "=== resume $(api PATCH '/vm' -d @resume.json)"
             waitfor "^C $((b + 10))$"
             echo "=== resumed-count $(last)"
+            # Two clients that hold the server's attention and give nothing: one
+            # connected and silent, one gone quiet halfway through a request.
+            '\(python)' -c "import socket, time; s = socket.socket(socket.AF_UNIX); s.connect('api.sock'); time.sleep(30)" &
+            '\(python)' -c "import socket, time; s = socket.socket(socket.AF_UNIX); s.connect('api.sock'); s.send(b'PUT /vm HTTP/1.1\\r\\nContent-Length: 50\\r\\n\\r\\n{'); time.sleep(30)" &
+            sleep 1
             \(badCalls)
             c=$(last); waitfor "^C $((c + 10))$"
             echo "=== after-bad $c $(last)"
@@ -194,7 +199,8 @@ import Testing
     }
 
     /// Each bad request answered 400 with its fault message while the guest
-    /// runs, and the guest counts on after them.
+    /// runs (and while one client sits connected and silent and another has
+    /// sent half a request), and the guest counts on after them.
     @Test func badRequestsAreAnsweredAndTheGuestRunsOn() throws {
         let s = try Self.session.get()
         for (i, bad) in Self.badRequests.enumerated() {
