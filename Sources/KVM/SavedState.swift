@@ -88,27 +88,15 @@ extension VCPU {
         var mp: UInt32 = 0
         _ = try KVMError.check("KVM_GET_MP_STATE", ckvm_get_mp_state(fd, &mp))
         s.mpState = mp
-        var regs = kvm_regs()
-        _ = try KVMError.check("KVM_GET_REGS", ckvm_get_regs(fd, &regs))
-        s.regs = bytes(of: regs)
-        var sregs = kvm_sregs()
-        _ = try KVMError.check("KVM_GET_SREGS", ckvm_get_sregs(fd, &sregs))
-        s.sregs = bytes(of: sregs)
+        s.regs = try get("KVM_GET_REGS", kvm_regs(), ckvm_get_regs)
+        s.sregs = try get("KVM_GET_SREGS", kvm_sregs(), ckvm_get_sregs)
         let xsave2 = Int(max(0, ckvm_check_extension(vm.fd, Int32(KVM_CAP_XSAVE2))))
         var xsave = [UInt8](repeating: 0, count: max(MemoryLayout<kvm_xsave>.size, xsave2))
         _ = try KVMError.check("KVM_GET_XSAVE", xsave.withUnsafeMutableBytes { ckvm_get_xsave(fd, $0.baseAddress, xsave2 > 0 ? 1 : 0) })
         s.xsave = xsave
-        var xcrs = kvm_xcrs()
-        _ = try KVMError.check("KVM_GET_XCRS", ckvm_get_xcrs(fd, &xcrs))
-        s.xcrs = bytes(of: xcrs)
-        var debugregs = kvm_debugregs()
-        _ = try KVMError.check("KVM_GET_DEBUGREGS", ckvm_get_debugregs(fd, &debugregs))
-        s.debugregs = bytes(of: debugregs)
-        if withLAPIC {
-            var lapic = kvm_lapic_state()
-            _ = try KVMError.check("KVM_GET_LAPIC", ckvm_get_lapic(fd, &lapic))
-            s.lapic = bytes(of: lapic)
-        }
+        s.xcrs = try get("KVM_GET_XCRS", kvm_xcrs(), ckvm_get_xcrs)
+        s.debugregs = try get("KVM_GET_DEBUGREGS", kvm_debugregs(), ckvm_get_debugregs)
+        if withLAPIC { s.lapic = try get("KVM_GET_LAPIC", kvm_lapic_state(), ckvm_get_lapic) }
         // MSRs: KVM stops at the first one it refuses; drop that one and go on.
         var pending = msrIndices[...]
         while !pending.isEmpty {
@@ -119,10 +107,21 @@ extension VCPU {
             s.msrValues += values.prefix(n)
             pending = pending.dropFirst(n + 1)
         }
-        var events = kvm_vcpu_events()
-        _ = try KVMError.check("KVM_GET_VCPU_EVENTS", ckvm_get_vcpu_events(fd, &events))
-        s.events = bytes(of: events)
+        s.events = try get("KVM_GET_VCPU_EVENTS", kvm_vcpu_events(), ckvm_get_vcpu_events)
         return s
+    }
+
+    /// One KVM_GET_* of a fixed-size structure, as its bytes.
+    func get<T>(_ name: String, _ empty: T, _ ioctl: (Int32, UnsafeMutablePointer<T>?) -> Int32) throws(KVMError) -> [UInt8] {
+        var value = empty
+        _ = try KVMError.check(name, ioctl(fd, &value))
+        return bytes(of: value)
+    }
+
+    /// One KVM_SET_* of a fixed-size structure from its saved bytes (checked for size).
+    func set<T>(_ name: String, _ saved: [UInt8], as type: T.Type, _ ioctl: (Int32, UnsafePointer<T>?) -> Int32) throws {
+        var value = try load(type, from: saved, name)
+        _ = try KVMError.check(name, ioctl(fd, &value))
     }
 
     /// Sets every part, in the order KVM needs (Firecracker's): MP state,
@@ -131,22 +130,15 @@ extension VCPU {
     /// before, as the board builds it.
     public func restoreState(_ s: VCPUSavedState) throws {
         _ = try KVMError.check("KVM_SET_MP_STATE", ckvm_set_mp_state(fd, s.mpState))
-        var regs = try load(kvm_regs.self, from: s.regs, "regs")
-        _ = try KVMError.check("KVM_SET_REGS", ckvm_set_regs(fd, &regs))
-        var sregs = try load(kvm_sregs.self, from: s.sregs, "sregs")
-        _ = try KVMError.check("KVM_SET_SREGS", ckvm_set_sregs(fd, &sregs))
+        try set("KVM_SET_REGS", s.regs, as: kvm_regs.self, ckvm_set_regs)
+        try set("KVM_SET_SREGS", s.sregs, as: kvm_sregs.self, ckvm_set_sregs)
         guard s.xsave.count >= MemoryLayout<kvm_xsave>.size else {
             throw SavedStateError(description: "xsave: \(s.xsave.count) bytes, less than KVM's \(MemoryLayout<kvm_xsave>.size)")
         }
         _ = try KVMError.check("KVM_SET_XSAVE", s.xsave.withUnsafeBytes { ckvm_set_xsave(fd, $0.baseAddress) })
-        var xcrs = try load(kvm_xcrs.self, from: s.xcrs, "xcrs")
-        _ = try KVMError.check("KVM_SET_XCRS", ckvm_set_xcrs(fd, &xcrs))
-        var debugregs = try load(kvm_debugregs.self, from: s.debugregs, "debugregs")
-        _ = try KVMError.check("KVM_SET_DEBUGREGS", ckvm_set_debugregs(fd, &debugregs))
-        if !s.lapic.isEmpty {
-            var lapic = try load(kvm_lapic_state.self, from: s.lapic, "lapic")
-            _ = try KVMError.check("KVM_SET_LAPIC", ckvm_set_lapic(fd, &lapic))
-        }
+        try set("KVM_SET_XCRS", s.xcrs, as: kvm_xcrs.self, ckvm_set_xcrs)
+        try set("KVM_SET_DEBUGREGS", s.debugregs, as: kvm_debugregs.self, ckvm_set_debugregs)
+        if !s.lapic.isEmpty { try set("KVM_SET_LAPIC", s.lapic, as: kvm_lapic_state.self, ckvm_set_lapic) }
         guard s.msrIndices.count == s.msrValues.count else {
             throw SavedStateError(description: "msrs: \(s.msrIndices.count) indices but \(s.msrValues.count) values")
         }
@@ -164,8 +156,7 @@ extension VCPU {
             }
             at += 1
         }
-        var events = try load(kvm_vcpu_events.self, from: s.events, "events")
-        _ = try KVMError.check("KVM_SET_VCPU_EVENTS", ckvm_set_vcpu_events(fd, &events))
+        try set("KVM_SET_VCPU_EVENTS", s.events, as: kvm_vcpu_events.self, ckvm_set_vcpu_events)
     }
 }
 
