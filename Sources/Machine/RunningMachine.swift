@@ -261,14 +261,10 @@ public final class RunningMachine: Sendable {
         return wait(timeout: timeout)
     }
 
-    /// Where a vCPU thread parks while paused: it completes its last exit
-    /// (one `KVM_RUN` with immediate_exit set: KVM finishes an IN's or an
-    /// MMIO read's result and moves RIP past the instruction, then returns at
-    /// once), answers, clears its exit request and sleeps on its wake event
-    /// until asked to run or stop. So a paused vCPU's registers are whole.
+    /// Where a vCPU thread parks while paused (its last exit completed, see
+    /// `runLoop`): it answers, clears its exit request and sleeps on its wake
+    /// event until asked to run or stop.
     func park(_ vcpu: VCPU, _ control: VCPUControl) {
-        vcpu.requestExit()
-        _ = try? vcpu.run()
         vcpu.clearExitRequest()
         control.current.store(VCPUControl.State.paused.rawValue, ordering: .releasing)
         var p = pollfd(fd: control.wake.fd, events: Int16(POLLIN), revents: 0)
@@ -286,10 +282,24 @@ public final class RunningMachine: Sendable {
     func runLoop(_ vcpu: VCPU, _ control: VCPUControl) {
         defer { control.current.store(VCPUControl.State.stopped.rawValue, ordering: .releasing) }
         let telemetry = telemetry[vcpu.id]
+        // Whether the last KVM_RUN returned without an exit to handle. A
+        // vCPU parks only then: before parking it enters once more with
+        // immediate_exit set, so KVM completes the exit svmm last handled (an
+        // IN's or an MMIO read's value into its register, RIP past the
+        // instruction; a string or split access may exit again, and that
+        // exit is handled like any other) and returns. A paused vCPU's
+        // registers are whole.
+        var completed = false
         while !outcome.hasEnded {
             switch control.wanted {
             case .running: break
-            case .paused: park(vcpu, control); continue
+            case .paused:
+                if completed {
+                    park(vcpu, control)
+                    completed = false
+                    continue
+                }
+                vcpu.requestExit()
             case .stopped:
                 let state = VCPUState.read(vcpu)
                 stopped.withLock { if vcpu.id < $0.count { $0[vcpu.id] = state } }
@@ -302,6 +312,7 @@ public final class RunningMachine: Sendable {
                 return
             }
             telemetry.didExit(exit)
+            if case .interrupted = exit { completed = true } else { completed = false }
             switch exit {
             case let .io(port, isWrite, size, count, data):
                 for i in 0..<count {
