@@ -9,6 +9,11 @@ import Testing
 /// Tests/Net/host-side.py.
 @Suite(.serialized) struct NetTests {
     static let bulkBytes = 16 << 20
+    /// The one large flow, guest to host with the offloads on: 32 MB (the
+    /// issue allows up to 100 MB once; L1's own kernel fails under the
+    /// nested sandbox's network load often enough that less load is kept:
+    /// docs/platform.md).
+    static let largeBytes = 32_000_000
     static let smallBytes = 256 << 10
     /// The vhost=on boot's flows: enough to show the host kernel carrying
     /// offloaded and plain frames both ways. Smaller than the userspace
@@ -128,17 +133,17 @@ import Testing
         #expect(line(s, "=== host-ping") == "=== host-ping 0")
     }
 
-    /// TCP both ways with equal checksums: 100 MB to the host and 16 MiB
+    /// TCP both ways with equal checksums: 32 MB to the host and 16 MiB
     /// from it with the offloads on, 16 MiB each way with them off (the
     /// guest's transmit offloads, and its receive offloads through the
     /// control queue), and four small flows each way.
     @Test func tcpCarriesTheBytesBothWaysWithOffloadsOnAndOff() throws {
         let s = try Self.session.get()
-        let a = try Self.sha256("yes svmm-net-A | head -c 100000000")
+        let a = try Self.sha256("yes svmm-net-A | head -c \(Self.largeBytes)")
         let small = try Self.sha256("yes svmm-net-small | head -c \(Self.smallBytes)")
         let b = try Self.sha256("yes svmm-net-B | head -c \(Self.bulkBytes)")
         #expect(line(s, "NET-SENT-A") == "NET-SENT-A 0" && line(s, "NET-SMALL-SENT") == "NET-SMALL-SENT 0" && line(s, "NET-SENT-B") == "NET-SENT-B 0")
-        #expect(s.hostReceived == ["100000000 \(a)"] + Array(repeating: "\(Self.smallBytes) \(small)", count: 4) + ["\(Self.bulkBytes) \(b)"],
+        #expect(s.hostReceived == ["\(Self.largeBytes) \(a)"] + Array(repeating: "\(Self.smallBytes) \(small)", count: 4) + ["\(Self.bulkBytes) \(b)"],
                 "host received: \(s.hostReceived)")
         #expect(line(s, "=== host-sent-a") == "=== host-sent-a 0" && line(s, "=== host-sent-small") == "=== host-sent-small 0"
                 && line(s, "=== host-sent-b") == "=== host-sent-b 0")
