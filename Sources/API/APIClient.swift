@@ -10,13 +10,9 @@ public enum APIClient {
     public static func connect(_ path: String) throws(Failure) -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw Failure(description: "socket: \(String(cString: strerror(errno)))") }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { close(fd); throw Failure(description: "path too long for a Unix socket") }
-        withUnsafeMutableBytes(of: &address.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
-        let rc = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        guard let rc = UnixListener.withAddress(path, { Glibc.connect(fd, $0, $1) }) else {
+            close(fd)
+            throw Failure(description: "path too long for a Unix socket")
         }
         guard rc == 0 else { let e = errno; close(fd); throw Failure(description: "cannot connect: \(String(cString: strerror(e)))") }
         return fd

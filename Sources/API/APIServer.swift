@@ -9,6 +9,23 @@ public enum UnixListener {
         public var description: String
     }
 
+    /// The longest path a Unix socket address holds.
+    public static let maxPathBytes = MemoryLayout.size(ofValue: sockaddr_un().sun_path) - 1
+
+    /// Calls `body` (bind or connect) with the socket address of `path`;
+    /// nil, without calling it, when the path is too long.
+    public static func withAddress(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Int32? {
+        let bytes = Array(path.utf8)
+        guard bytes.count <= maxPathBytes else { return nil }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
+        // SAFETY: sockaddr_un begins with the sockaddr header; the kernel reads the length given.
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+    }
+
     /// `what` names the option in the error lines (e.g. "--api-sock PATH").
     public static func bind(path: String, what: String) throws(SetupError) -> Int32 {
         var st = stat()
@@ -20,18 +37,9 @@ public enum UnixListener {
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SetupError(description: "\(what): socket: \(String(cString: strerror(errno)))") }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+        guard let bound = withAddress(path, { Glibc.bind(fd, $0, $1) }) else {
             close(fd)
-            throw SetupError(description: "\(what) \(path): path longer than a Unix socket allows (\(MemoryLayout.size(ofValue: address.sun_path) - 1) bytes)")
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { p in
-            for (i, b) in bytes.enumerated() { p[i] = b }
-        }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            throw SetupError(description: "\(what) \(path): path longer than a Unix socket allows (\(maxPathBytes) bytes)")
         }
         guard bound == 0, listen(fd, 16) == 0 else {
             let e = errno

@@ -8,21 +8,15 @@ import Testing
 /// machine, on this host's KVM: the snapshot's core, without files.
 @Suite(.enabled(if: kvmPresent, "needs a readable and writable /dev/kvm; without one these KVM tests cannot run here"))
 struct SavedStateTests {
-    static let counter: UInt64 = 0x20_0000
     /// loop: inc rbx; mov [0x200000], rbx; out 0x80, al; jmp loop — the count
     /// lives in a register (only a restored RBX goes on from it) and is
-    /// copied to memory each round, with an exit each round.
+    /// copied to PauseTests' counter address each round, with an exit each round.
     static let program: [UInt8] = [0x48, 0xFF, 0xC3, 0x48, 0x89, 0x1C, 0x25, 0x00, 0x00, 0x20, 0x00, 0xE6, 0x80, 0xEB, 0xF1]
 
-    func count(_ m: RunningMachine) -> UInt64 { (try? m.memory.load(UInt64.self, at: Self.counter)) ?? 0 }
+    func count(_ m: RunningMachine) -> UInt64 { PauseTests().count(m) }
 
     func waitFor(_ m: RunningMachine, above value: UInt64, seconds: Double = 10) -> Bool {
-        let end = Date().addingTimeInterval(seconds)
-        while Date() < end {
-            if count(m) > value { return true }
-            usleep(1000)
-        }
-        return false
+        PauseTests().countPasses(m, value, seconds: seconds)
     }
 
     @Test(arguments: [false, true])
