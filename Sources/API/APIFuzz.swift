@@ -13,6 +13,8 @@ public enum APIFuzz {
         func sendCtrlAltDel() throws(HTTPError) {}
         func prometheus() -> String { "" }
         func metricsLine() -> String { "{}" }
+        func createSnapshot(diff: Bool, statePath: String, memoryPath: String) throws(HTTPError) {}
+        func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError) {}
     }
 
     public static func run(_ input: UnsafeRawBufferPointer) {

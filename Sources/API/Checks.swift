@@ -31,7 +31,6 @@ enum Checks {
             throw HTTPError(status: 400, "The memory size (MiB) is invalid: svmm needs 32 to 1048576 MiB.")
         }
         if m.smt == true { throw HTTPError(status: 400, "svmm does not emulate SMT: smt must be false.") }
-        if m.track_dirty_pages == true { throw HTTPError(status: 400, "svmm has no dirty page tracking yet: track_dirty_pages must be false.") }
         if let t = m.cpu_template, t != "None" { throw HTTPError(status: 400, "svmm has no CPU templates: cpu_template must be None.") }
         if let h = m.huge_pages, h != "None" { throw HTTPError(status: 400, "svmm backs guest RAM with 4 KiB pages: huge_pages must be None.") }
     }

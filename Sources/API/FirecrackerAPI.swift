@@ -18,6 +18,13 @@ public protocol APIBackend: AnyObject, Sendable {
     func prometheus() -> String
     /// One line of metrics JSON for the metrics file.
     func metricsLine() -> String
+    /// Writes a snapshot of the paused machine: its state to `statePath`,
+    /// guest RAM to `memoryPath` (all of it, or with `diff` the pages
+    /// written since the last snapshot, into the base memory file there).
+    func createSnapshot(diff: Bool, statePath: String, memoryPath: String) throws(HTTPError)
+    /// Builds the machine a snapshot describes and restores it, paused
+    /// unless `resume`; `trackDirtyPages` for later Diff snapshots.
+    func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError)
 }
 
 public enum InstanceState: String, Sendable, Codable {
@@ -219,6 +226,27 @@ public final class FirecrackerAPI: Sendable {
                                 + "expected one of `FlushMetrics`, `InstanceStart`, `SendCtrlAltDel`.")
             }
             return .noContent
+        case ("PUT", "snapshot", 2) where parts[1] == "create":
+            let body = try decode(SnapshotCreateParams.self, r)
+            try postBoot()
+            guard state == .paused else { throw HTTPError(status: 400, "Create snapshot error: the microVM must be paused (PATCH /vm {\"state\": \"Paused\"}).") }
+            guard body.version == nil else { throw HTTPError(status: 400, "svmm writes its own snapshot format version: leave version out.") }
+            let diff: Bool
+            switch body.snapshot_type ?? "Full" {
+            case "Full": diff = false
+            case "Diff": diff = true
+            case let other:
+                throw HTTPError(status: 400, "An error occurred when deserializing the json body of a request: unknown variant `\(other)`, expected `Full` or `Diff`.")
+            }
+            if diff, shared.withLock({ $0.machine.track_dirty_pages }) != true {
+                throw HTTPError(status: 400, "Diff snapshots are not allowed on microVMs with dirty page tracking disabled.")
+            }
+            try backend.createSnapshot(diff: diff, statePath: body.snapshot_path, memoryPath: body.mem_file_path)
+            log("snapshot (\(diff ? "Diff" : "Full")) written to \(body.snapshot_path)")
+            return .noContent
+        case ("PUT", "snapshot", 2) where parts[1] == "load":
+            try loadSnapshot(try decode(SnapshotLoadParams.self, r))
+            return .noContent
         case ("PATCH", "vm", 1):
             let body = try decode(VmState.self, r)
             try postBoot()
@@ -268,6 +296,34 @@ public final class FirecrackerAPI: Sendable {
         }
         try backend.start(configuration)
         shared.withLock { $0.state = .running }
+    }
+
+    /// `PUT /snapshot/load`, and `svmm serve --restore`: on a fresh
+    /// instance, before any configuration.
+    public func loadSnapshot(_ body: SnapshotLoadParams) throws(HTTPError) {
+        try preBoot()
+        let configured = shared.withLock { $0.config.boot_source != nil || $0.config.drives != nil || $0.config.network_interfaces != nil
+            || $0.config.entropy != nil || $0.machine != .defaults }
+        if configured { throw HTTPError(status: 400, "Loading a microVM snapshot not allowed after configuring boot-specific resources.") }
+        guard body.network_overrides == nil else { throw HTTPError(status: 400, "svmm reattaches the TAP names in the snapshot: leave network_overrides out.") }
+        let memoryPath: String
+        switch (body.mem_file_path, body.mem_backend) {
+        case let (path?, nil): memoryPath = path
+        case let (nil, backend?):
+            guard backend.backend_type == "File" else {
+                throw HTTPError(status: 400, "svmm restores guest memory from a file: backend_type must be File, not \(backend.backend_type.prefix(32)).")
+            }
+            memoryPath = backend.backend_path
+        default:
+            throw HTTPError(status: 400, "Give exactly one of mem_backend and mem_file_path.")
+        }
+        let track = body.track_dirty_pages ?? body.enable_diff_snapshots ?? false
+        try backend.loadSnapshot(statePath: body.snapshot_path, memoryPath: memoryPath, trackDirtyPages: track, resume: body.resume_vm ?? false)
+        shared.withLock { s in
+            s.state = .running
+            s.machine.track_dirty_pages = track
+        }
+        log("snapshot \(body.snapshot_path) loaded")
     }
 
     func decode<T: APIBody>(_ type: T.Type, _ r: HTTPRequest) throws(HTTPError) -> T {

@@ -112,6 +112,53 @@ public struct Logger: Codable, Sendable, Equatable, APIBody {
     public static let fields = ["log_path", "level", "show_level", "show_log_origin", "module"]
 }
 
+/// `PUT /snapshot/create`: on a paused guest.
+public struct SnapshotCreateParams: Codable, Sendable, Equatable, APIBody {
+    /// `Full` (the default) or `Diff`.
+    public var snapshot_type: String?
+    public var snapshot_path: String
+    public var mem_file_path: String
+    /// Firecracker's deprecated target version: refused unless absent.
+    public var version: String?
+    public static let fields = ["snapshot_type", "snapshot_path", "mem_file_path", "version"]
+}
+
+/// `mem_backend` of `PUT /snapshot/load`.
+public struct MemoryBackend: Codable, Sendable, Equatable, APIBody {
+    /// `File` (`Uffd`, a page-fault handler's socket, is refused).
+    public var backend_type: String
+    public var backend_path: String
+    public static let fields = ["backend_type", "backend_path"]
+
+    public init(backend_type: String, backend_path: String) {
+        self.backend_type = backend_type
+        self.backend_path = backend_path
+    }
+}
+
+/// `PUT /snapshot/load`: on a fresh svmm serve, before any configuration.
+public struct SnapshotLoadParams: Codable, Sendable, Equatable, APIBody {
+    public var snapshot_path: String
+    /// Deprecated in Firecracker for `mem_backend`; one of the two.
+    public var mem_file_path: String?
+    public var mem_backend: MemoryBackend?
+    /// Deprecated in Firecracker for `track_dirty_pages`.
+    public var enable_diff_snapshots: Bool?
+    public var track_dirty_pages: Bool?
+    public var resume_vm: Bool?
+    /// Refused unless absent: svmm reattaches the TAP names saved.
+    public var network_overrides: JSONPresence?
+    public static let fields = ["snapshot_path", "mem_file_path", "mem_backend", "enable_diff_snapshots", "track_dirty_pages",
+                                "resume_vm", "network_overrides"]
+
+    public init(snapshot_path: String, mem_backend: MemoryBackend, track_dirty_pages: Bool, resume_vm: Bool) {
+        self.snapshot_path = snapshot_path
+        self.mem_backend = mem_backend
+        self.track_dirty_pages = track_dirty_pages
+        self.resume_vm = resume_vm
+    }
+}
+
 public struct InstanceInfo: Codable, Sendable, Equatable {
     public var app_name: String
     public var id: String

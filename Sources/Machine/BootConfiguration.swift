@@ -58,6 +58,8 @@ public struct BootConfiguration: Sendable {
     /// The test devices of QEMU that kvm-unit-tests uses: isa-debug-exit
     /// (port 0xf4: the guest's write ends the run, `MachineExit.programExited`).
     public var testDevices = false
+    /// Record the pages written (KVM's dirty log and the devices'), for Diff snapshots.
+    public var trackDirtyPages = false
 
     public static let defaultCommandLine = "console=ttyS0 panic=-1"
     /// With `--console virtio`: early messages on ttyS0, then hvc0 once virtio_console loads.

@@ -13,8 +13,9 @@ public final class LinuxMachine: Sendable {
     public let serial: Serial16550
     public let bootMarker: BootMarker
     /// How the kernel is entered (Linux 64-bit entry or PVH, and whether a
-    /// bzImage's payload was decompressed on the host).
-    public let entry: LinuxLoader.EntryState
+    /// bzImage's payload was decompressed on the host); nil for a machine
+    /// built to restore a snapshot into.
+    public let entry: LinuxLoader.EntryState?
     /// The vCPUs, buses and devices, with pause, resume and stop.
     public let machine: RunningMachine
     /// KVM's statistics for the VM, when `config.kvmStatistics` asked for them.
@@ -25,24 +26,32 @@ public final class LinuxMachine: Sendable {
     public let nets: [VirtioNet]
     /// The keyboard controller, with `config.keyboard`.
     public let keyboard: I8042?
+    /// The devices whose state a snapshot carries, by name, in board order.
+    let stateful: [(name: String, device: any SnapshotDevice)]
 
     /// Builds the machine and loads the kernel; nothing runs yet.
     /// `consoleOutput` gets COM1's bytes; `virtioConsoleOutput` the
     /// virtio-console's, and `consoleInput` is the file descriptor the
     /// virtio-console reads (with `config.console == .virtio`).
+    /// `restoring`: nothing is loaded and no vCPU state set; the machine
+    /// waits for `restore` (a snapshot's state, docs/snapshot.md).
     public init(config: BootConfiguration, kvmPath: String = "/dev/kvm",
                 consoleOutput: @escaping @Sendable (UInt8) -> Void,
                 virtioConsoleOutput: (@Sendable (UnsafeRawBufferPointer) -> Void)? = nil,
                 consoleInput: Int32? = nil,
-                onBootMarker: @escaping @Sendable (UInt64) -> Void = { _ in }) throws {
+                onBootMarker: @escaping @Sendable (UInt64) -> Void = { _ in },
+                restoring: Bool = false) throws {
         self.config = config
-        let b = try MachineBuilder(kvmPath: kvmPath, ram: Layout.ramRegions(size: config.memoryBytes), irqchip: true, pit: config.pit)
-        let entry = try LinuxLoader.load(config, into: b.memory)
+        let b = try MachineBuilder(kvmPath: kvmPath, ram: Layout.ramRegions(size: config.memoryBytes), irqchip: true, pit: config.pit,
+                                   dirtyLog: config.trackDirtyPages)
+        let entry = restoring ? nil : try LinuxLoader.load(config, into: b.memory)
         self.entry = entry
+        var stateful: [(name: String, device: any SnapshotDevice)] = []
 
         let vm = b.vm, finish = b.finish
         serial = Serial16550(output: consoleOutput, setIRQ: { high in try? vm.setIRQLine(Serial16550.com1IRQ, high: high) })
         b.pio.register(serial, b.ports(Serial16550.com1Base, Serial16550.com1Base + 7), name: "serial-com1")
+        stateful.append(("serial-com1", serial))
         let power = PowerControl { request in finish(request == .powerOff ? .powerOff : .reset) }
         b.pio.register(power, b.ports(ACPITables.sleepControlPort, ACPITables.resetPort), name: "acpi-power")
         if config.keyboard {
@@ -50,13 +59,16 @@ public final class LinuxMachine: Sendable {
             b.pio.register(i8042, b.ports(I8042.dataPort, I8042.dataPort), name: "i8042-data")
             b.pio.register(i8042, b.ports(I8042.commandPort, I8042.commandPort), name: "i8042")
             keyboard = i8042
+            stateful.append(("i8042", i8042))
         } else {
             b.pio.register(power, b.ports(PowerControl.i8042Command, PowerControl.i8042Command), name: "i8042")
             keyboard = nil
         }
-        b.pio.register(CMOSClock(), b.ports(CMOSClock.indexPort, CMOSClock.dataPort), name: "cmos-rtc")
+        let cmos = CMOSClock()
+        b.pio.register(cmos, b.ports(CMOSClock.indexPort, CMOSClock.dataPort), name: "cmos-rtc")
+        stateful.append(("cmos-rtc", cmos))
         b.pio.register(PanicDevice { finish(.panic) }, b.ports(PanicDevice.port, PanicDevice.port), name: "pvpanic")
-        if entry.mode == .multiboot32 {
+        if entry?.mode == .multiboot32 {
             b.pio.register(FirmwareConfig(cpus: config.cpus, ramBytes: config.memoryBytes),
                            b.ports(FirmwareConfig.selectorPort, FirmwareConfig.dataPort), name: "fw-cfg")
             b.pio.register(PMTimer(), b.ports(PMTimer.port, PMTimer.port + 3), name: "acpi-pm-timer")
@@ -65,22 +77,26 @@ public final class LinuxMachine: Sendable {
         bootMarker = BootMarker(start: config.startTime, onReached: onBootMarker)
         b.mmio.register(bootMarker, BootMarker.address...BootMarker.address, name: "boot-marker")
 
+        func addVirtio(_ device: any VirtioDevice, name: String) throws {
+            stateful.append((name, try b.addVirtio(device, name: name)))
+        }
         if config.console == .virtio {
             let output = virtioConsoleOutput ?? { bytes in for byte in bytes { consoleOutput(byte) } }
-            try b.addVirtio(VirtioConsole(input: consoleInput, output: output), name: "virtio-console")
+            try addVirtio(VirtioConsole(input: consoleInput, output: output), name: "virtio-console")
         }
-        if config.entropy { try b.addVirtio(VirtioRNG(), name: "virtio-rng") }
+        if config.entropy { try addVirtio(VirtioRNG(), name: "virtio-rng") }
         disks = config.disks.map { VirtioBlock(disk: $0, queues: config.cpus) }
-        for (i, disk) in disks.enumerated() { try b.addVirtio(disk, name: "virtio-blk\(i)") }
+        for (i, disk) in disks.enumerated() { try addVirtio(disk, name: "virtio-blk\(i)") }
         nets = config.nets.map { VirtioNet(backend: $0.tap, mac: $0.mac, mtu: $0.tap.mtu, vhost: $0.vhost) }
-        for (i, net) in nets.enumerated() { try b.addVirtio(net, name: "virtio-net\(i)") }
-        b.addPCIHostBridge(others: pciTestDevice.map { [$0] } ?? [])
+        for (i, net) in nets.enumerated() { try addVirtio(net, name: "virtio-net\(i)") }
+        stateful.append(("pci-config", b.addPCIHostBridge(others: pciTestDevice.map { [$0] } ?? [])))
+        self.stateful = stateful
 
         let supported = try b.hypervisor.supportedCPUID()
         let cpuid = CPUIDPolicy(supported: supported, cpus: config.cpus)
         for id in 0..<config.cpus {
             try b.addVCPU(cpuid: CPUFeatures.apply(config.cpuFeatures, to: cpuid.entries(forCPU: id), supported: supported)) { vcpu in
-                if id == 0 { try Self.setEntryState(vcpu, entry: entry) }
+                if id == 0, let entry { try Self.setEntryState(vcpu, entry: entry) }
             }
         }
         let telemetry = b.builtVCPUs.map {

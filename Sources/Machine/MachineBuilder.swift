@@ -5,9 +5,11 @@ import VMCore
 import Virtio
 
 extension VirtualMachine: MemorySlotTable {
-    public func setMemoryRegion(slot: UInt32, guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer) throws {
-        try setMemoryRegion(slot: slot, guestAddress: guestAddress, size: size, host: host, readOnly: false)
+    public func setMemoryRegion(slot: UInt32, guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer, logDirty: Bool) throws {
+        try setMemoryRegion(slot: slot, guestAddress: guestAddress, size: size, host: host, readOnly: false, logDirty: logDirty)
     }
+
+    public func dirtyPages(slot: UInt32, pages: Int) throws -> [UInt64] { try dirtyLog(slot: slot, pages: pages) }
 }
 
 /// MSI-X through KVM: one GSI and one irqfd per vector, so a device thread
@@ -77,7 +79,7 @@ final class MachineBuilder {
 
     /// Opens KVM and makes the VM: with `irqchip`, the in-kernel PIC, I/O
     /// APIC and local APICs (and the PIT with `pit`); RAM of `ram` regions.
-    init(kvmPath: String, ram: [(guestAddress: UInt64, size: UInt64)], irqchip: Bool, pit: Bool) throws {
+    init(kvmPath: String, ram: [(guestAddress: UInt64, size: UInt64)], irqchip: Bool, pit: Bool, dirtyLog: Bool = false) throws {
         hypervisor = try Hypervisor(path: kvmPath)
         vm = try hypervisor.createVM()
         self.irqchip = irqchip
@@ -86,7 +88,7 @@ final class MachineBuilder {
         try? vm.setTSSAddress(Layout.kvmTSS)
         // Memory slots first: each KVM_SET_USER_MEMORY_REGION after the
         // irqchip exists waits in synchronize_srcu (4–8 ms apiece).
-        memory = try GuestMemory(layout: ram)
+        memory = try GuestMemory(layout: ram, trackDirty: dirtyLog)
         try memory.register(with: vm)
         if irqchip { try vm.createIRQChip() }
         if pit { try vm.createPIT() }
@@ -99,7 +101,8 @@ final class MachineBuilder {
 
     /// A virtio device on PCI: MSI-X through GSI routes and irqfds, queue
     /// notifications through ioeventfds (an exit to svmm where KVM refuses).
-    func addVirtio(_ device: any VirtioDevice, name: String) throws {
+    @discardableResult
+    func addVirtio(_ device: any VirtioDevice, name: String) throws -> VirtioPCIDevice {
         let bar = Layout.pciBARStart + UInt64(virtio.count) * VirtioPCIDevice.barSize
         let function = try VirtioPCIDevice(device: device, barAddress: bar, memory: memory) { [vm, router] vectors in
             try KVMMSIX(vm: vm, router: router, vectors: vectors)
@@ -111,11 +114,15 @@ final class MachineBuilder {
             }
         }
         virtio.append(function)
+        return function
     }
 
     /// The PCI host bridge with the virtio functions added so far, then `others`.
-    func addPCIHostBridge(others: [any PCIFunction] = []) {
-        pio.register(PCIHostBridge(functions: virtio + others), ports(PCIHostBridge.addressPort, PCIHostBridge.dataPort + 3), name: "pci-config")
+    @discardableResult
+    func addPCIHostBridge(others: [any PCIFunction] = []) -> PCIHostBridge {
+        let bridge = PCIHostBridge(functions: virtio + others)
+        pio.register(bridge, ports(PCIHostBridge.addressPort, PCIHostBridge.dataPort + 3), name: "pci-config")
+        return bridge
     }
 
     /// A vCPU with the CPUID it will see and FPU/local APIC reset state;

@@ -1,3 +1,4 @@
+import CHost
 import Glibc
 import SystemPackage
 
@@ -17,7 +18,10 @@ public struct GuestMemoryError: Error, CustomStringConvertible, Sendable, Equata
 /// Where a VM's memory slots come from: the board hands each region's
 /// mapping to KVM (`KVM_SET_USER_MEMORY_REGION`) through this.
 public protocol MemorySlotTable {
-    func setMemoryRegion(slot: UInt32, guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer) throws
+    /// `logDirty`: the slot records which pages the guest writes.
+    func setMemoryRegion(slot: UInt32, guestAddress: UInt64, size: UInt64, host: UnsafeMutableRawPointer, logDirty: Bool) throws
+    /// The slot's pages the guest wrote since the last call (one bit per page).
+    func dirtyPages(slot: UInt32, pages: Int) throws -> [UInt64]
 }
 
 /// Guest RAM: host memory mapped into the VM as one or more regions.
@@ -43,6 +47,12 @@ public final class GuestMemory: @unchecked Sendable {
     }
 
     public let regions: [Region]
+    /// With dirty tracking: the pages svmm's own devices wrote, one bit per
+    /// 4 KiB page of the regions in order (KVM records the guest's). Marked
+    /// by every access that lends a writable view.
+    @usableFromInline let deviceDirty: UnsafeMutablePointer<UInt64>?
+    let dirtyWords: Int
+    public static let pageSize = 4096
 
     /// Allocates anonymous, zero-filled memory for each (address, size) pair.
     /// Regions must be page-aligned and must not overlap.
@@ -53,7 +63,10 @@ public final class GuestMemory: @unchecked Sendable {
     /// agree modulo 2 MiB and the host page is huge. A 4 KiB-aligned mapping
     /// costs the guest one nested page fault per 4 KiB it touches (measured
     /// in docs/benchmarks.md).
-    public init(layout: [(guestAddress: UInt64, size: UInt64)]) throws(HostError) {
+    /// With `trackDirty`, the pages written are recorded for a Diff snapshot
+    /// (`register` asks KVM to log the guest's writes; the devices' are
+    /// marked here).
+    public init(layout: [(guestAddress: UInt64, size: UInt64)], trackDirty: Bool = false) throws(HostError) {
         var made: [Region] = []
         for (address, size) in layout {
             precondition(address % 4096 == 0 && size % 4096 == 0 && size > 0, "regions are page aligned")
@@ -65,7 +78,18 @@ public final class GuestMemory: @unchecked Sendable {
             made.append(Region(guestAddress: address, size: size, host: UInt(bitPattern: p)))
         }
         regions = made.sorted { $0.guestAddress < $1.guestAddress }
+        let pages = regions.reduce(0) { $0 + Int($1.size) / Self.pageSize }
+        dirtyWords = (pages + 63) / 64
+        if trackDirty {
+            deviceDirty = .allocate(capacity: dirtyWords)
+            deviceDirty!.initialize(repeating: 0, count: dirtyWords)
+        } else {
+            deviceDirty = nil
+        }
     }
+
+    /// Whether writes are recorded (`trackDirty`).
+    public var tracksDirty: Bool { deviceDirty != nil }
 
     static let hugePage = 2 << 20
 
@@ -93,6 +117,7 @@ public final class GuestMemory: @unchecked Sendable {
 
     deinit {
         for r in regions { munmap(UnsafeMutableRawPointer(bitPattern: r.host), Int(r.size)) }
+        deviceDirty?.deallocate()
     }
 
     public var totalSize: UInt64 { regions.reduce(0) { $0 + $1.size } }
@@ -110,20 +135,93 @@ public final class GuestMemory: @unchecked Sendable {
             while at < Int(r.size) {
                 let n = min(chunk, Int(r.size) - at)
                 let bytes = UnsafeRawBufferPointer(start: base + at, count: n)
-                if !bytes.allSatisfy({ $0 == 0 }) {
-                    var done = 0
-                    while done < n {
-                        let w = pwrite(fd, bytes.baseAddress! + done, n - done, off_t(offset) + off_t(at + done))
-                        if w < 0, errno == EINTR { continue }
-                        guard w > 0 else { throw HostError("writing guest RAM", Errno(rawValue: errno)) }
-                        done += w
-                    }
-                }
+                if chost_is_zero(bytes.baseAddress, UInt(n)) == 0 { try Self.writeAll(fd, bytes, at: offset + Int64(at)) }
                 at += n
             }
             offset += Int64(r.size)
         }
         guard ftruncate(fd, off_t(offset)) == 0 else { throw HostError("sizing the memory file", Errno(rawValue: errno)) }
+    }
+
+    /// Writes the pages written since the last `takeDirty` (by the guest,
+    /// as `slots` logged, or by svmm's devices) over the same pages of `fd`,
+    /// a memory file of this RAM's size (a Diff merged into its base);
+    /// clears the record. Returns the pages written. Paused, with tracking on.
+    public func saveDirty(to fd: Int32, slots: some MemorySlotTable) throws -> Int {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw HostError("the memory file", Errno(rawValue: errno)) }
+        guard UInt64(st.st_size) == totalSize else {
+            throw HostError("the base memory file is \(st.st_size) bytes; guest RAM is \(totalSize)", Errno(rawValue: EINVAL))
+        }
+        let dirty = try takeDirty(slots: slots)
+        var written = 0, offset: Int64 = 0, firstPage = 0
+        for r in regions {
+            // SAFETY: [host, host + size) is this region's live mapping; read only, within the call.
+            let base = UnsafeRawPointer(bitPattern: r.host)!
+            let pages = Int(r.size) / Self.pageSize
+            var page = 0
+            while page < pages {
+                guard Self.bit(dirty, firstPage + page) else { page += 1; continue }
+                var end = page + 1
+                while end < pages && Self.bit(dirty, firstPage + end) { end += 1 }
+                let bytes = UnsafeRawBufferPointer(start: base + page * Self.pageSize, count: (end - page) * Self.pageSize)
+                try Self.writeAll(fd, bytes, at: offset + Int64(page * Self.pageSize))
+                written += end - page
+                page = end
+            }
+            offset += Int64(r.size)
+            firstPage += pages
+        }
+        return written
+    }
+
+    /// The pages written since the last call, KVM's record and the devices'
+    /// together (one bit per page of the regions in order); both cleared.
+    @discardableResult
+    public func takeDirty(slots: some MemorySlotTable) throws -> [UInt64] {
+        guard let deviceDirty else { throw HostError("dirty pages were not tracked", Errno(rawValue: EINVAL)) }
+        var bits = (0..<dirtyWords).map { chost_bits_take(deviceDirty + $0) }
+        var firstPage = 0
+        for (slot, r) in regions.enumerated() {
+            let pages = Int(r.size) / Self.pageSize
+            let logged = try slots.dirtyPages(slot: UInt32(slot), pages: pages)
+            for page in 0..<pages where Self.bit(logged, page) {
+                let p = firstPage + page
+                bits[p / 64] |= 1 << UInt64(p % 64)
+            }
+            firstPage += pages
+        }
+        return bits
+    }
+
+    static func bit(_ words: [UInt64], _ i: Int) -> Bool { words[i / 64] & (1 << UInt64(i % 64)) != 0 }
+
+    /// Records a writable view of [address, address + count) lent out.
+    @usableFromInline
+    func markDirty(_ address: UInt64, _ count: Int) {
+        guard let deviceDirty, count > 0 else { return }
+        var firstPage = 0
+        for r in regions {
+            if address >= r.guestAddress && address < r.end {
+                let first = Int(address - r.guestAddress) / Self.pageSize
+                let last = Int(min(address - r.guestAddress + UInt64(count) - 1, r.size - 1)) / Self.pageSize
+                for page in (firstPage + first)...(firstPage + last) {
+                    chost_bits_or(deviceDirty + page / 64, 1 << UInt64(page % 64))
+                }
+                return
+            }
+            firstPage += Int(r.size) / Self.pageSize
+        }
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int64) throws(HostError) {
+        var done = 0
+        while done < bytes.count {
+            let w = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
+            if w < 0, errno == EINTR { continue }
+            guard w > 0 else { throw HostError("writing guest RAM", Errno(rawValue: errno)) }
+            done += w
+        }
     }
 
     /// Replaces guest RAM with a private mapping of `fd` (as `save` wrote
@@ -158,7 +256,7 @@ public final class GuestMemory: @unchecked Sendable {
     public func register(with table: some MemorySlotTable) throws {
         for (slot, r) in regions.enumerated() {
             try table.setMemoryRegion(slot: UInt32(slot), guestAddress: r.guestAddress, size: r.size,
-                                      host: UnsafeMutableRawPointer(bitPattern: r.host)!)
+                                      host: UnsafeMutableRawPointer(bitPattern: r.host)!, logDirty: tracksDirty)
         }
     }
 
@@ -168,7 +266,9 @@ public final class GuestMemory: @unchecked Sendable {
     @inlinable
     public func withBytes<R>(at address: UInt64, count: Int,
                              _ body: (UnsafeMutableRawBufferPointer) -> R) throws(GuestMemoryError) -> R {
-        body(try checked(address, count))
+        let view = try checked(address, count)
+        if deviceDirty != nil { markDirty(address, count) }
+        return body(view)
     }
 
     /// The checked host view; not public, so that it cannot escape a call.
@@ -202,6 +302,7 @@ public final class GuestMemory: @unchecked Sendable {
     /// and detaches their backends on a pause.
     public func ioVector(at address: UInt64, count: Int) throws(GuestMemoryError) -> iovec {
         let b = try checked(address, count)
+        if deviceDirty != nil { markDirty(address, count) }
         return iovec(iov_base: b.baseAddress, iov_len: b.count)
     }
 
@@ -221,7 +322,7 @@ public final class GuestMemory: @unchecked Sendable {
 
     @inlinable
     public func read(at address: UInt64, count: Int) throws(GuestMemoryError) -> [UInt8] {
-        try withBytes(at: address, count: count) { Array($0) }
+        Array(try checked(address, count))
     }
 
     @inlinable
@@ -237,13 +338,14 @@ public final class GuestMemory: @unchecked Sendable {
     /// Copies `count` bytes inside guest RAM (the ranges may overlap).
     public func copy(from source: UInt64, to destination: UInt64, count: Int) throws(GuestMemoryError) {
         let src = try checked(source, count), dst = try checked(destination, count)
+        if deviceDirty != nil { markDirty(destination, count) }
         if count > 0 { memmove(dst.baseAddress!, src.baseAddress!, count) }
     }
 
     /// Little-endian integer load (x86 byte order), no alignment required.
     @inlinable
     public func load<T: FixedWidthInteger>(_: T.Type = T.self, at address: UInt64) throws(GuestMemoryError) -> T {
-        try withBytes(at: address, count: MemoryLayout<T>.size) { LittleEndian.load(T.self, from: UnsafeRawBufferPointer($0)) }
+        LittleEndian.load(T.self, from: UnsafeRawBufferPointer(try checked(address, MemoryLayout<T>.size)))
     }
 
     @inlinable

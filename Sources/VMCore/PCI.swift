@@ -12,7 +12,7 @@ public final class PCIHostBridge: BusDevice {
     public static let device: UInt16 = 0x0D57      // an Intel host bridge id, as Firecracker uses
     static let enable: UInt32 = 1 << 31
 
-    private let address = Mutex<UInt32>(0)
+    let address = Mutex<UInt32>(0)
     /// The host bridge's 256-byte type-0 configuration header.
     let config: [UInt8]
 

@@ -25,7 +25,7 @@ public struct MSIXMessage: Sendable, Equatable {
 
 /// One function's MSI-X table and pending-bit array (PCI Local Bus 3.0
 /// §6.8.2): a value kept under the transport's lock.
-struct MSIXTable {
+struct MSIXTable: Codable {
     /// Table entry: message address (low, high), message data, vector control.
     static let entrySize = 16
     static let vectorMasked: UInt32 = 1

@@ -19,7 +19,7 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
     let output: @Sendable (UnsafeRawBufferPointer) -> Void
     let input: Int32?
     /// Input read from the host but not yet given to the guest (no buffers).
-    private var pending: [UInt8] = []
+    var pending: [UInt8] = []
     private let inputOpen = Atomic<Bool>(true)
     private let bytesOut = Atomic<UInt64>(0)
 
@@ -100,3 +100,19 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
 
     public func reset() {}
 }
+
+extension VirtioConsole {
+    struct SavedState: Codable { var pending: [UInt8] }
+
+    /// Input read from the host that the guest has not taken yet.
+    public func saveState() throws(DeviceStateError) -> [UInt8] {
+        try DeviceStateCoding.encode(SavedState(pending: pending))
+    }
+
+    public func restoreState(_ bytes: [UInt8]) throws(DeviceStateError) {
+        let s = try DeviceStateCoding.decode(SavedState.self, bytes, device: "virtio-console")
+        guard s.pending.count <= 1 << 16 else { throw DeviceStateError("virtio-console: \(s.pending.count) bytes of input pending") }
+        pending = s.pending
+    }
+}
+

@@ -70,6 +70,13 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func quiesce(queues: [Virtqueue?], context: VirtioQueueContext)
     /// Forgets everything the driver set up (device reset).
     func reset()
+    /// The device's own state a snapshot carries beyond the transport's
+    /// (JSON; empty: none), read while paused. A device whose state lives
+    /// where svmm cannot read it (vhost-net's rings) refuses.
+    func saveState() throws(DeviceStateError) -> [UInt8]
+    /// Sets what `saveState` wrote, into the device just activated again
+    /// with its saved features and queues (a restore, before the start).
+    func restoreState(_ bytes: [UInt8]) throws(DeviceStateError)
 }
 
 extension VirtioDevice {
@@ -81,4 +88,8 @@ extension VirtioDevice {
     public func resume() {}
     public func quiesce(queues: [Virtqueue?], context: VirtioQueueContext) {}
     public func reset() {}
+    public func saveState() throws(DeviceStateError) -> [UInt8] { [] }
+    public func restoreState(_ bytes: [UInt8]) throws(DeviceStateError) {
+        guard bytes.isEmpty else { throw DeviceStateError("virtio device \(deviceID) keeps no state of its own, the snapshot has some") }
+    }
 }

@@ -97,6 +97,8 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
 
     /// The negotiated features (from DRIVER_OK).
     var features: UInt64 = 0
+    /// The receive offloads the guest asked for last (at DRIVER_OK, or through the control queue).
+    var guestOffloads: UInt64 = 0
     /// Queue pairs the driver uses (1 until it sets more through the control queue).
     let activePairs = Atomic<Int>(1)
     /// Pairs whose receive queue had too few buffers: their descriptors are
@@ -154,10 +156,11 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
 
     public func activate(features: UInt64, queues: [Virtqueue?], transport: VirtioTransport) {
         self.features = features
+        guestOffloads = features & Feature.guestOffloads
         activePairs.store(1, ordering: .relaxed)
         stalled.store(0, ordering: .relaxed)
         backend.setActiveQueues(1)
-        backend.setOffloads(Self.tunOffloads(features & Feature.guestOffloads))
+        backend.setOffloads(Self.tunOffloads(guestOffloads))
         if vhost {
             do { try startKernelPairs(queues: queues, transport: transport) } catch {
                 stopKernelPairs()
@@ -226,6 +229,7 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
     public func reset() {
         stopKernelPairs()
         features = 0
+        guestOffloads = 0
         for i in frameLength.indices { frameLength[i] = 0 }
         activePairs.store(1, ordering: .relaxed)
         stalled.store(0, ordering: .relaxed)
@@ -429,9 +433,38 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
             guard features & Feature.ctrlGuestOffloads != 0, data.count >= 8 else { return Control.error }
             let offloads = data.prefix(8).reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
             guard offloads & ~(features & Feature.guestOffloads) == 0 else { return Control.error }
-            return backend.setOffloads(Self.tunOffloads(offloads)) ? Control.ok : Control.error
+            guard backend.setOffloads(Self.tunOffloads(offloads)) else { return Control.error }
+            guestOffloads = offloads
+            return Control.ok
         default:
             return Control.error
         }
     }
 }
+
+extension VirtioNet {
+    struct SavedState: Codable {
+        var activePairs: Int
+        var guestOffloads: UInt64
+    }
+
+    /// The pairs the driver enabled and its receive offloads (the features
+    /// are the transport's). A frame read from the TAP and not yet placed
+    /// is not kept: the guest sees it lost, as on a wire.
+    public func saveState() throws(DeviceStateError) -> [UInt8] {
+        try DeviceStateCoding.encode(SavedState(activePairs: activePairs.load(ordering: .relaxed), guestOffloads: guestOffloads))
+    }
+
+    public func restoreState(_ bytes: [UInt8]) throws(DeviceStateError) {
+        let s = try DeviceStateCoding.decode(SavedState.self, bytes, device: "virtio-net")
+        guard (1...pairs).contains(s.activePairs), s.activePairs == 1 || features & Feature.multiQueue != 0,
+              s.guestOffloads & ~(features & Feature.guestOffloads) == 0 else {
+            throw DeviceStateError("virtio-net: the saved queue pairs or offloads do not fit this device")
+        }
+        activePairs.store(s.activePairs, ordering: .relaxed)
+        backend.setActiveQueues(s.activePairs)
+        guestOffloads = s.guestOffloads
+        backend.setOffloads(Self.tunOffloads(s.guestOffloads))
+    }
+}
+

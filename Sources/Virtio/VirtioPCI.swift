@@ -35,7 +35,7 @@ public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, 
     let configImage: [UInt8]
 
     let state: Mutex<TransportState>
-    private let active = Mutex<[Virtqueue?]?>(nil)
+    let active = Mutex<[Virtqueue?]?>(nil)
     private let stopping = Atomic<Bool>(false)
     private let paused = Atomic<Bool>(false)
 

@@ -22,7 +22,7 @@ enum CommonConfig {
 }
 
 /// What the driver set up through the common configuration, one queue at a time.
-struct QueueSetup {
+struct QueueSetup: Codable, Equatable {
     var size: UInt16
     let max: UInt16
     var vector: UInt16 = VirtioPCIDevice.noVector
@@ -32,7 +32,7 @@ struct QueueSetup {
 
 /// The transport's registers: common configuration, ISR, MSI-X, and the
 /// PCI command and BAR registers. A value kept behind one lock.
-struct TransportState {
+struct TransportState: Codable {
     var deviceFeatureSelect: UInt32 = 0, driverFeatureSelect: UInt32 = 0, driverFeatures: UInt64 = 0
     var status: UInt8 = 0, generation: UInt8 = 0
     var queueSelect: UInt16 = 0, configVector: UInt16 = VirtioPCIDevice.noVector
@@ -41,7 +41,7 @@ struct TransportState {
     var command: UInt16 = 0
     var bar: UInt32
     var msix: MSIXTable
-    var pciCfg: (bar: UInt8, offset: UInt32, length: UInt32) = (0, 0, 0)
+    var pciCfg = PCICfgWindow()
     var reason: String?
 
     init(maxSizes: [UInt16], bar: UInt32, msix: MSIXTable) {
@@ -51,6 +51,11 @@ struct TransportState {
     }
 
     var selectedQueue: QueueSetup? { Int(queueSelect) < queues.count ? queues[Int(queueSelect)] : nil }
+}
+
+/// The VIRTIO_PCI_CAP_PCI_CFG window's registers: which BAR, where, how much.
+struct PCICfgWindow: Codable, Equatable {
+    var bar: UInt8 = 0, offset: UInt32 = 0, length: UInt32 = 0
 }
 
 /// What a write to the common configuration asks of the transport.
@@ -138,19 +143,22 @@ extension VirtioPCIDevice {
         let starting = accepted & VirtioStatus.driverOK != 0 && s.status & VirtioStatus.driverOK == 0
         s.status = accepted | (s.status & VirtioStatus.needsReset)
         guard starting, s.status & VirtioStatus.featuresOK != 0 else { return .none }
-        var queues: [Virtqueue?] = []
-        for q in s.queues {
-            guard q.enabled == 1 else { queues.append(nil); continue }
-            do {
-                queues.append(try Virtqueue(memory: memory, size: q.size, descriptors: q.descriptors, available: q.driver,
-                                            used: q.device, eventIndex: s.driverFeatures & VirtioFeature.eventIndex != 0,
-                                            indirect: s.driverFeatures & VirtioFeature.indirectDescriptors != 0))
-            } catch {
-                s.status |= VirtioStatus.needsReset
-                s.reason = "\(error)"
-                return .none
-            }
+        do {
+            return .activate(try makeQueues(s), features: s.driverFeatures)
+        } catch {
+            s.status |= VirtioStatus.needsReset
+            s.reason = "\(error)"
+            return .none
         }
-        return .activate(queues, features: s.driverFeatures)
+    }
+
+    /// The queues the driver enabled, as it set them up (nil where disabled).
+    func makeQueues(_ s: TransportState) throws(VirtqueueError) -> [Virtqueue?] {
+        try s.queues.map { q throws(VirtqueueError) -> Virtqueue? in
+            guard q.enabled == 1 else { return nil }
+            return try Virtqueue(memory: memory, size: q.size, descriptors: q.descriptors, available: q.driver,
+                                 used: q.device, eventIndex: s.driverFeatures & VirtioFeature.eventIndex != 0,
+                                 indirect: s.driverFeatures & VirtioFeature.indirectDescriptors != 0)
+        }
     }
 }

@@ -75,6 +75,23 @@ public final class Virtqueue: @unchecked Sendable {
     /// The used index when the driver was last interrupted (EVENT_IDX).
     private var signalledUsed: UInt16 = 0
 
+    /// The device's side of the queue, as a snapshot carries it (the rest is
+    /// in guest RAM).
+    public struct Indices: Codable, Sendable, Equatable {
+        public var nextAvailable: UInt16
+        public var nextUsed: UInt16
+        public var signalledUsed: UInt16
+    }
+
+    public var indices: Indices { Indices(nextAvailable: nextAvailable, nextUsed: nextUsed, signalledUsed: signalledUsed) }
+
+    /// Continues a queue a snapshot saved (before it is served).
+    public func restore(_ i: Indices) {
+        nextAvailable = i.nextAvailable
+        nextUsed = i.nextUsed
+        signalledUsed = i.signalledUsed
+    }
+
     static let descNext: UInt16 = 1, descWrite: UInt16 = 2, descIndirect: UInt16 = 4
     static let availNoInterrupt: UInt16 = 1, usedNoNotify: UInt16 = 1
     /// The most descriptors an indirect table may hold (Linux's largest is the queue size; 64 KiB of table is plenty).

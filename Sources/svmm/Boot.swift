@@ -172,8 +172,8 @@ struct Boot: ParsableCommand {
                                vmStats: machine.vmStats, devices: machine.deviceRanges)
             : nil
         session?.start()
-        if bootTime {
-            let how = switch (machine.entry.mode, machine.entry.decompressed) {
+        if bootTime, let entry = machine.entry {
+            let how = switch (entry.mode, entry.decompressed) {
             case (.pvh32, .some(let c)): "PVH, \(c) payload decompressed on the host"
             case (.pvh32, nil): "PVH"
             case (.linux64, _): "the Linux boot protocol's 64-bit entry"

@@ -10,7 +10,9 @@ struct Ctl: ParsableCommand {
         discussion: """
             pause, resume: PATCH /vm. stop: ends svmm as SIGTERM does (the guest is
             stopped, svmm exits 143). config: GET /vm/config. metrics: GET /metrics
-            (Prometheus text). info: GET /.
+            (Prometheus text). info: GET /. snapshot: PUT /snapshot/create of the
+            paused guest, with --snapshot-path and --mem-file-path (--diff: a Diff
+            into the base snapshot's memory file).
 
             Exit status: 0 the call succeeded, 1 svmm answered with an error (its
             fault message on stderr), 69 no svmm answers on the socket.
@@ -18,14 +20,31 @@ struct Ctl: ParsableCommand {
     )
 
     enum Action: String, ExpressibleByArgument, CaseIterable {
-        case pause, resume, stop, config, metrics, info
+        case pause, resume, stop, config, metrics, info, snapshot
     }
 
     @Option(help: ArgumentHelp("The API socket of `svmm serve`.", valueName: "PATH"))
     var apiSock: String
 
-    @Argument(help: "pause, resume, stop, config, metrics or info.")
+    @Argument(help: "pause, resume, stop, config, metrics, info or snapshot.")
     var action: Action
+
+    @Option(help: ArgumentHelp("snapshot: the state file to write.", valueName: "PATH"))
+    var snapshotPath: String?
+
+    @Option(help: ArgumentHelp("snapshot: the memory file to write (with --diff, the base snapshot's).", valueName: "PATH"))
+    var memFilePath: String?
+
+    @Flag(help: "snapshot: a Diff snapshot (the pages written since the last one).")
+    var diff = false
+
+    func validate() throws {
+        if action == .snapshot {
+            guard snapshotPath != nil, memFilePath != nil else { throw ValidationError("snapshot needs --snapshot-path and --mem-file-path") }
+        } else if snapshotPath != nil || memFilePath != nil || diff {
+            throw ValidationError("--snapshot-path, --mem-file-path and --diff are for snapshot")
+        }
+    }
 
     func run() throws {
         let (method, path, body): (String, String, String?) = switch action {
@@ -35,6 +54,8 @@ struct Ctl: ParsableCommand {
         case .config: ("GET", "/vm/config", nil)
         case .metrics: ("GET", "/metrics", nil)
         case .info: ("GET", "/", nil)
+        case .snapshot: ("PUT", "/snapshot/create", Self.json([
+            "snapshot_type": diff ? "Diff" : "Full", "snapshot_path": snapshotPath ?? "", "mem_file_path": memFilePath ?? ""]))
         }
         if action == .stop {
             // svmm's own process, found through the socket (SO_PEERCRED): no API call of Firecracker's stops a VMM.
@@ -58,5 +79,10 @@ struct Ctl: ParsableCommand {
         let fault = (try? APIJSON.faultMessage(response.body)) ?? text
         Messages.line("svmm ctl: \(response.status): \(fault)")
         throw ExitCode(ExitStatus.failure.rawValue)
+    }
+
+    /// A JSON object of string members (paths escaped as JSON strings).
+    static func json(_ members: [String: String]) -> String {
+        String(decoding: APIJSON.encode(members), as: UTF8.self)
     }
 }

@@ -29,6 +29,10 @@ struct MachineRequest {
     var telemetry = false
     var reportBootTime = false
     var kvmPath = "/dev/kvm"
+    /// Record written pages for Diff snapshots.
+    var trackDirtyPages = false
+    /// Build the machine to restore a snapshot into: no kernel is read or loaded.
+    var restoring = false
 }
 
 /// Why a machine was not built: the one line, and svmm's exit status for it.
@@ -42,10 +46,14 @@ extension MachineRequest {
     /// are read straight into guest RAM. Nothing runs yet.
     func build(started: UInt64, output: ConsoleOutput, input: ConsoleInput) throws(StartFailure) -> LinuxMachine {
         let kernelImage: ImageSource
-        do { kernelImage = try ImageSource(path: kernelPath) } catch {
-            throw StartFailure(message: "cannot read kernel \(kernelPath): \(error.reason)\(kernelHint)", status: .noInput)
+        if restoring {
+            kernelImage = ImageSource([], path: "(snapshot)")
+        } else {
+            do { kernelImage = try ImageSource(path: kernelPath) } catch {
+                throw StartFailure(message: "cannot read kernel \(kernelPath): \(error.reason)\(kernelHint)", status: .noInput)
+            }
         }
-        let multiboot = MultibootKernel.isMultiboot(kernelImage)
+        let multiboot = !restoring && MultibootKernel.isMultiboot(kernelImage)
         var initrdImage: ImageSource?
         if let initrdPath {
             do { initrdImage = try ImageSource(path: initrdPath) } catch {
@@ -66,6 +74,7 @@ extension MachineRequest {
         config.testDevices = testDevices
         config.keyboard = keyboard
         config.cpuFeatures = cpuFeatures
+        config.trackDirtyPages = trackDirtyPages
         for options in disks {
             do { config.disks.append(try DiskImage(options)) } catch {
                 if case .locked = error.problem { throw StartFailure(message: error.message, status: .inUse) }
@@ -81,7 +90,7 @@ extension MachineRequest {
                 output.append(bytes)
             }, consoleInput: input.virtioInput, onBootMarker: { ns in
                 if reportBootTime { Messages.line("svmm: boot marker reached after \(ns / 1_000_000) ms") }
-            })
+            }, restoring: restoring)
         } catch let e as LoaderError {
             throw StartFailure(message: e.message, status: .badInput)
         } catch let e as KVMUnavailable {

@@ -52,6 +52,21 @@ enum ExitStatus: Int32 {
     case kvmUnavailable = 69
     /// A KVM internal error or failed entry: the guest could not be run.
     case kvmInternalError = 70
+    /// A snapshot file without svmm's magic (`svmm serve --restore`).
+    case notASnapshot = 80
+    /// A snapshot of another format version.
+    case snapshotVersion = 81
+    /// A snapshot file cut short.
+    case snapshotTruncated = 82
+    /// A snapshot whose checksum does not match (corrupted).
+    case snapshotCorrupted = 83
+    /// A snapshot whose content does not fit (unknown sections, a machine or
+    /// devices this svmm does not build that way).
+    case snapshotMalformed = 84
+    /// A memory file whose size is not the snapshot's guest RAM.
+    case snapshotMemorySize = 85
+    /// A snapshot refused for the machine's state (not paused, vhost-net serving a queue).
+    case snapshotRefused = 86
     /// The person at the console typed Ctrl-A x (as a Ctrl-C would end a program: 128 + SIGINT).
     case consoleEscape = 130
 }

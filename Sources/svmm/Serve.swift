@@ -31,6 +31,15 @@ struct Serve: ParsableCommand {
               svmm serve --api-sock /tmp/svmm.sock
               svmm serve --config-file vm.json
               svmm serve --api-sock /tmp/svmm.sock --config-file vm.json
+              svmm serve --restore vm.snap --mem vm.mem [--api-sock /tmp/svmm.sock]
+
+            Snapshots (docs/snapshot.md): `PUT /snapshot/create` on a paused
+            guest (or `svmm ctl snapshot`), `PUT /snapshot/load` on a fresh
+            `svmm serve --api-sock`, or --restore. A snapshot svmm cannot
+            restore exits 80 (not a snapshot), 81 (another format version), 82
+            (truncated), 83 (corrupted), 84 (malformed, or not a machine this
+            svmm builds), 85 (a memory file of the wrong size); 66 when a file
+            cannot be read.
             """
     )
 
@@ -39,6 +48,18 @@ struct Serve: ParsableCommand {
 
     @Option(help: ArgumentHelp("Firecracker's JSON configuration: boot at once.", valueName: "FILE"))
     var configFile: String?
+
+    @Option(help: ArgumentHelp("Restore this snapshot's state file (with --mem) instead of booting.", valueName: "SNAPSHOT"))
+    var restore: String?
+
+    @Option(help: ArgumentHelp("The snapshot's memory file (mapped privately: never written).", valueName: "FILE"))
+    var mem: String?
+
+    @Flag(help: "With --restore: leave the guest paused (resume it through the API).")
+    var paused = false
+
+    @Flag(help: "Record the pages written, for Diff snapshots (with --restore).")
+    var trackDirtyPages = false
 
     @Option(help: "The instance's ID, as `GET /` reports it.")
     var id = "anonymous-instance"
@@ -56,7 +77,12 @@ struct Serve: ParsableCommand {
     var device: String = "/dev/kvm"
 
     func validate() throws {
-        guard apiSock != nil || configFile != nil else { throw ValidationError("give --api-sock PATH, --config-file FILE, or both") }
+        guard apiSock != nil || configFile != nil || restore != nil else {
+            throw ValidationError("give --api-sock PATH, --config-file FILE, --restore SNAPSHOT --mem FILE, or --api-sock with one of the others")
+        }
+        guard configFile == nil || restore == nil else { throw ValidationError("--config-file boots, --restore restores: give one") }
+        guard (restore == nil) == (mem == nil) else { throw ValidationError("--restore SNAPSHOT and --mem FILE go together") }
+        guard restore != nil || (!paused && !trackDirtyPages) else { throw ValidationError("--paused and --track-dirty-pages are for --restore") }
         if let timeout, Sizes.seconds(timeout) == nil { throw ValidationError("--timeout '\(timeout)' is not a duration (e.g. 30s, 2m, 500ms)") }
         guard httpApiMaxPayloadSize > 0 else { throw ValidationError("--http-api-max-payload-size must be above 0") }
     }
@@ -101,6 +127,15 @@ struct Serve: ParsableCommand {
                 fail("--config-file \(configFile!): \(error.message)", .config)
             }
         }
+        if let restore, let mem {
+            let params = SnapshotLoadParams(snapshot_path: restore, mem_backend: MemoryBackend(backend_type: "File", backend_path: mem),
+                                            track_dirty_pages: trackDirtyPages, resume_vm: !paused)
+            do { try api.loadSnapshot(params) } catch {
+                server?.stop()
+                if let failure = backend.startFailure { fail(failure.message, failure.status) }
+                fail("--restore \(restore): \(error.message)", .failure)
+            }
+        }
         // Waits for InstanceStart (or a signal before it).
         guard let machine = backend.waitForStart() else {
             server?.stop()
@@ -125,6 +160,8 @@ final class ServeBackend: APIBackend {
     let kvmPath: String
     let timeoutSeconds: Double?
     private let machine = Mutex<LinuxMachine?>(nil)
+    /// What the machine was built from (a snapshot's configuration).
+    private let request = Mutex<MachineRequest?>(nil)
     private let recorder = Mutex<StatsRecorder?>(nil)
     private let startedOrStopped = DispatchSemaphore(value: 0)
     private let signal = Atomic<Int32>(0)
@@ -167,6 +204,13 @@ final class ServeBackend: APIBackend {
             failure.withLock { $0 = error }
             throw HTTPError(status: 400, "Cannot start the microVM: \(error.message)")
         }
+        try run(built, request: request)
+    }
+
+    /// Starts a built machine (paused first when `paused`) and hands it to
+    /// the main thread's wait.
+    func run(_ built: LinuxMachine, request: MachineRequest, paused: Bool = false) throws(HTTPError) {
+        if paused { built.machine.pause() }
         do {
             try built.machine.start()
             try input.start(serial: built.serial, machine: built.machine)
@@ -180,9 +224,35 @@ final class ServeBackend: APIBackend {
             $0 = StatsRecorder(telemetry: built.telemetry, vmStats: built.vmStats, devices: built.deviceRanges,
                                intervalNanoseconds: 1_000_000_000, output: nil, format: .jsonl)
         }
+        self.request.withLock { $0 = request }
         machine.withLock { $0 = built }
         startedOrStopped.signal()
     }
+
+    func createSnapshot(diff: Bool, statePath: String, memoryPath: String) throws(HTTPError) {
+        guard let built = machine.withLock({ $0 }), let request = request.withLock({ $0 }) else {
+            throw HTTPError(status: 400, Self.notRunning)
+        }
+        do { try SnapshotFiles.create(built, request: request, diff: diff, statePath: statePath, memoryPath: memoryPath) } catch {
+            throw HTTPError(status: 400, "Create snapshot error: \(error.message)")
+        }
+    }
+
+    func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError) {
+        let built: LinuxMachine, request: MachineRequest
+        do {
+            (built, request) = try SnapshotFiles.restore(statePath: statePath, memoryPath: memoryPath, trackDirtyPages: trackDirtyPages,
+                                                         kvmPath: kvmPath, started: started, output: output, input: input)
+        } catch {
+            failure.withLock { $0 = StartFailure(message: error.message, status: error.status) }
+            throw HTTPError(status: 400, "Load snapshot error: \(error.message)")
+        }
+        var timed = request
+        timed.timeoutSeconds = timeoutSeconds
+        try run(built, request: timed, paused: !resume)
+    }
+
+    static let notRunning = "The microVM is not running."
 
     /// The machine the API's configuration describes. Drives are vda, vdb, …
     /// in order with the root device first, as Firecracker orders them.
@@ -193,6 +263,7 @@ final class ServeBackend: APIBackend {
         let machineConfig = config.machine_config ?? .defaults
         r.cpus = machineConfig.vcpu_count
         r.memoryBytes = UInt64(machineConfig.mem_size_mib) << 20
+        r.trackDirtyPages = machineConfig.track_dirty_pages ?? false
         r.entropy = config.entropy != nil
         r.keyboard = true   // SendCtrlAltDel
         var args = boot.boot_args ?? BootConfiguration.defaultCommandLine

@@ -32,6 +32,17 @@ static inline void chost_counter_add(uint64_t *p, uint64_t v) {
 }
 static inline void chost_counter_store(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 static inline uint64_t chost_counter_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+// A bitmap of dirty pages that several device threads mark at once (a
+// snapshot's Diff): an atomic OR per mark, an exchange to take a word.
+static inline void chost_bits_or(uint64_t *p, uint64_t v) { __atomic_fetch_or(p, v, __ATOMIC_RELAXED); }
+static inline uint64_t chost_bits_take(uint64_t *p) { return __atomic_exchange_n(p, 0, __ATOMIC_ACQ_REL); }
+// Whether n bytes at p are all zero (a sparse memory file's holes): the
+// first byte, then the range against itself shifted by one, with memcmp's
+// vectorized loop.
+static inline int chost_is_zero(const void *p, unsigned long n) {
+    const unsigned char *b = (const unsigned char *)p;
+    return n == 0 || (b[0] == 0 && __builtin_memcmp(b, b + 1, n - 1) == 0);
+}
 // The time-stamp counter: the exit path's clock. clock_gettime can be a
 // system call plus a device read (an HPET in the nested sandbox), which would
 // cost more than the exits being measured.

@@ -30,6 +30,12 @@ static inline struct kvm_cpuid_entry2 *ckvm_cpuid2_entries(struct kvm_cpuid2 *c)
 static inline int ckvm_set_user_memory_region(int fd, const struct kvm_userspace_memory_region *r) {
     return CKVM_RESULT(ioctl(fd, KVM_SET_USER_MEMORY_REGION, r));
 }
+// KVM_GET_DIRTY_LOG: the slot's pages written since the last call, one bit
+// per page into `bitmap` (which must hold the slot's pages, rounded up to 64).
+static inline int ckvm_get_dirty_log(int fd, uint32_t slot, uint64_t *bitmap) {
+    struct kvm_dirty_log log = { .slot = slot, .dirty_bitmap = bitmap };
+    return CKVM_RESULT(ioctl(fd, KVM_GET_DIRTY_LOG, &log));
+}
 static inline int ckvm_create_vcpu(int fd, unsigned long id) { return CKVM_RESULT(ioctl(fd, KVM_CREATE_VCPU, id)); }
 static inline int ckvm_set_tss_addr(int fd, unsigned long addr) { return CKVM_RESULT(ioctl(fd, KVM_SET_TSS_ADDR, addr)); }
 static inline int ckvm_set_identity_map_addr(int fd, const uint64_t *addr) {

@@ -9,7 +9,7 @@ import Synchronization
 public final class CMOSClock: BusDevice {
     public static let indexPort: UInt16 = 0x70
     public static let dataPort: UInt16 = 0x71
-    private let index = Mutex<UInt8>(0)
+    let index = Mutex<UInt8>(0)
     private let now: @Sendable () -> time_t
 
     public init(now: @escaping @Sendable () -> time_t = { time(nil) }) { self.now = now }
@@ -52,3 +52,18 @@ public final class CMOSClock: BusDevice {
         index.withLock { $0 = v & 0x7F }   // bit 7 masks NMIs
     }
 }
+
+extension CMOSClock: SnapshotDevice {
+    struct SavedState: Codable { var index: UInt8 }
+
+    /// The index register alone: the clock reads the host's time.
+    public func saveState() throws(DeviceStateError) -> [UInt8] {
+        try DeviceStateCoding.encode(SavedState(index: index.withLock { $0 }))
+    }
+
+    public func restoreState(_ bytes: [UInt8]) throws(DeviceStateError) {
+        let s = try DeviceStateCoding.decode(SavedState.self, bytes, device: "cmos-rtc")
+        index.withLock { $0 = s.index & 0x7F }
+    }
+}
+

@@ -28,7 +28,7 @@ public final class I8042: BusDevice {
     /// Ctrl, Alt and Delete pressed, in scan code set 2.
     public static let ctrlAltDel: [UInt8] = [0x14, 0x11, 0xE0, 0x71]
 
-    struct State {
+    struct State: Codable {
         var control: UInt8 = controlSystem | controlKeyboardInterrupt
         var outputPort: UInt8 = 0x01
         /// A controller command waiting for its byte at port 0x60.
@@ -150,3 +150,21 @@ public final class I8042: BusDevice {
         setIRQ(false)
     }
 }
+
+extension I8042: SnapshotDevice {
+    public func saveState() throws(DeviceStateError) -> [UInt8] {
+        try DeviceStateCoding.encode(state.withLock { $0 })
+    }
+
+    /// Keys waiting in the buffer interrupt again once restored.
+    public func restoreState(_ bytes: [UInt8]) throws(DeviceStateError) {
+        let saved = try DeviceStateCoding.decode(State.self, bytes, device: "i8042")
+        guard saved.buffer.count <= Self.bufferSize else { throw DeviceStateError("i8042: \(saved.buffer.count) bytes buffered, more than \(Self.bufferSize)") }
+        let interrupt = state.withLock { s in
+            s = saved
+            return !s.buffer.isEmpty && s.control & Self.controlKeyboardInterrupt != 0
+        }
+        if interrupt { pulse() }
+    }
+}
+

@@ -17,7 +17,7 @@ public final class Serial16550: BusDevice {
     static let lsrDR: UInt8 = 0x01, lsrTHRE: UInt8 = 0x20, lsrTEMT: UInt8 = 0x40
     static let receiveLimit = 1 << 16
 
-    struct State {
+    struct State: Codable {
         var ier: UInt8 = 0, lcr: UInt8 = 0, mcr: UInt8 = 0, scr: UInt8 = 0
         var dll: UInt8 = 0x0C, dlm: UInt8 = 0       // 9600 baud
         var fifoEnabled = false
@@ -137,6 +137,26 @@ public final class Serial16550: BusDevice {
         if high != s.irqHigh {
             s.irqHigh = high
             setIRQ(high)
+        }
+    }
+}
+
+extension Serial16550: SnapshotDevice {
+    /// The registers and the input not yet read. The interrupt line is
+    /// driven again from them (a fresh VM's line starts low).
+    public func saveState() throws(DeviceStateError) -> [UInt8] {
+        try DeviceStateCoding.encode(state.withLock { $0 })
+    }
+
+    public func restoreState(_ bytes: [UInt8]) throws(DeviceStateError) {
+        var saved = try DeviceStateCoding.decode(State.self, bytes, device: "serial-com1")
+        guard saved.rxHead >= 0, saved.rxHead <= saved.rx.count, saved.rx.count <= 2 * Self.receiveLimit else {
+            throw DeviceStateError("serial-com1: its receive buffer does not fit")
+        }
+        saved.irqHigh = false
+        state.withLock { s in
+            s = saved
+            updateIRQ(&s)
         }
     }
 }

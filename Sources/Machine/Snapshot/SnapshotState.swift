@@ -46,16 +46,21 @@ public struct SnapshotState: Sendable, Equatable {
     public var vm: VMSavedState?
     /// Each device's state, by the name the board gives it.
     public var devices: [(name: String, state: [UInt8])]
+    /// How to build the machine again (svmm's own configuration document,
+    /// opaque here): the `CONF` section, absent when empty.
+    public var configuration: [UInt8]
 
-    public init(machine: MachineShape, vcpus: [VCPUSavedState], vm: VMSavedState?, devices: [(name: String, state: [UInt8])] = []) {
+    public init(machine: MachineShape, vcpus: [VCPUSavedState], vm: VMSavedState?, devices: [(name: String, state: [UInt8])] = [],
+                configuration: [UInt8] = []) {
         self.machine = machine
         self.vcpus = vcpus
         self.vm = vm
         self.devices = devices
+        self.configuration = configuration
     }
 
     public static func == (a: SnapshotState, b: SnapshotState) -> Bool {
-        a.machine == b.machine && a.vcpus == b.vcpus && a.vm == b.vm
+        a.machine == b.machine && a.vcpus == b.vcpus && a.vm == b.vm && a.configuration == b.configuration
             && a.devices.count == b.devices.count && zip(a.devices, b.devices).allSatisfy { $0.name == $1.name && $0.state == $1.state }
     }
 
@@ -97,6 +102,7 @@ public struct SnapshotState: Sendable, Equatable {
         var d = Writer()
         for device in devices { d.section("DEVN", Array(device.name.utf8)); d.section("DEVS", device.state) }
         payload.section("DEVS", d.bytes)
+        if !configuration.isEmpty { payload.section("CONF", configuration) }
 
         var out = Writer()
         out.bytes += Self.magic
@@ -132,6 +138,8 @@ public struct SnapshotState: Sendable, Equatable {
         var vcpus: [VCPUSavedState] = []
         var vm: VMSavedState?
         var devices: [(name: String, state: [UInt8])] = []
+        var devicesSeen = false
+        var configuration: [UInt8]?
         while !r.atEnd {
             let (tag, body) = try r.section()
             switch tag {
@@ -158,6 +166,8 @@ public struct SnapshotState: Sendable, Equatable {
                 guard vm == nil else { throw .malformed("two VMST sections") }
                 vm = try decodeVM(body)
             case "DEVS":
+                guard !devicesSeen else { throw .malformed("two DEVS sections") }
+                devicesSeen = true
                 var d = Reader(body[...])
                 while !d.atEnd {
                     let (nameTag, name) = try d.section()
@@ -167,6 +177,9 @@ public struct SnapshotState: Sendable, Equatable {
                     }
                     devices.append((text, state))
                 }
+            case "CONF":
+                guard configuration == nil, !body.isEmpty else { throw .malformed("an empty or second CONF section") }
+                configuration = body
             default:
                 throw .malformed("unknown section '\(tag)'")
             }
@@ -176,7 +189,7 @@ public struct SnapshotState: Sendable, Equatable {
         guard (vm != nil) == machine.irqchip, (vm?.pit != nil) == (machine.irqchip && machine.pit) else {
             throw .malformed("the VM state does not match the machine's irqchip and PIT")
         }
-        return SnapshotState(machine: machine, vcpus: vcpus, vm: vm, devices: devices)
+        return SnapshotState(machine: machine, vcpus: vcpus, vm: vm, devices: devices, configuration: configuration ?? [])
     }
 
     static func decodeVCPU(_ body: [UInt8]) throws(SnapshotError) -> VCPUSavedState {
