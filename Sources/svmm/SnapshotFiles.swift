@@ -152,6 +152,10 @@ enum SnapshotFiles {
         do { file = try ImageSource(path: statePath) } catch {
             throw SnapshotLoadFailure("cannot read snapshot \(statePath): \(error.reason)", .noInput)
         }
+        let magic = SnapshotState.magic
+        if file.count < magic.count || file.read(0..<magic.count) != magic {
+            throw SnapshotLoadFailure("snapshot \(statePath): \(SnapshotError.notASnapshot.description)", .notASnapshot)
+        }
         guard file.count <= maxStateBytes else { throw SnapshotLoadFailure("snapshot \(statePath): larger than \(maxStateBytes >> 20) MiB, not a state file", .snapshotMalformed) }
         let state: SnapshotState
         do { state = try SnapshotState.decode(file.read(0..<file.count)) } catch {

@@ -23,6 +23,13 @@ final class RecordingBackend: APIBackend {
     func sendCtrlAltDel() throws(HTTPError) { calls.withLock { $0.append("ctrl-alt-del") } }
     func prometheus() -> String { "svmm_vcpus 1\n" }
     func metricsLine() -> String { #"{"utc_timestamp_ms":1}"# }
+    func createSnapshot(diff: Bool, statePath: String, memoryPath: String) throws(HTTPError) {
+        calls.withLock { $0.append("snapshot \(diff ? "Diff" : "Full") \(statePath) \(memoryPath)") }
+    }
+    func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError) {
+        calls.withLock { $0.append("load \(statePath) \(memoryPath) track=\(trackDirtyPages) resume=\(resume)") }
+        paused.store(!resume, ordering: .releasing)
+    }
 }
 
 /// A kernel, an initrd and a disk image that exist, in a fresh directory.
@@ -375,3 +382,53 @@ func fault(_ r: HTTPResponse) -> String {
         #expect(!HTTPParser.expectsContinue(Array("PUT / HTTP/1.1\r\nContent-Length: 2\r\n\r\n".utf8)[...]))
     }
 }
+
+/// The snapshot calls' rules: create only on a paused guest (Diff only with
+/// tracking), load only on a fresh instance; each refusal a 400 that asks
+/// nothing of the machine.
+@Suite struct SnapshotAPITests {
+    @Test func createNeedsAPausedGuestAndDiffNeedsTracking() throws {
+        let files = try Files()
+        let backend = RecordingBackend()
+        let api = FirecrackerAPI(id: "t", version: "0", backend: backend)
+        let create = #"{"snapshot_type": "Full", "snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#
+        #expect(fault(api.handle(request("PUT", "/snapshot/create", create))).contains("before starting"))
+        #expect(api.handle(request("PUT", "/boot-source", #"{"kernel_image_path": "\#(files.path("vmlinux"))"}"#)).status == 204)
+        #expect(api.handle(request("PUT", "/actions", #"{"action_type": "InstanceStart"}"#)).status == 204)
+        #expect(fault(api.handle(request("PUT", "/snapshot/create", create))).contains("must be paused"))
+        #expect(api.handle(request("PATCH", "/vm", #"{"state": "Paused"}"#)).status == 204)
+        #expect(fault(api.handle(request("PUT", "/snapshot/create", #"{"snapshot_type": "Diff", "snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#)))
+                .contains("dirty page tracking disabled"))
+        #expect(fault(api.handle(request("PUT", "/snapshot/create", #"{"snapshot_type": "Half", "snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#)))
+                .contains("unknown variant `Half`"))
+        #expect(fault(api.handle(request("PUT", "/snapshot/create", #"{"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m", "version": "1.0.0"}"#)))
+                .contains("leave version out"))
+        #expect(fault(api.handle(request("PUT", "/snapshot/create", #"{"snapshot_path": "/tmp/s"}"#))).contains("missing field `mem_file_path`"))
+        #expect(!backend.calls.withLock { $0 }.contains { $0.hasPrefix("snapshot") })
+        #expect(api.handle(request("PUT", "/snapshot/create", create)).status == 204)
+        #expect(backend.calls.withLock { $0 }.last == "snapshot Full /tmp/s /tmp/m")
+    }
+
+    @Test func loadIsForAFreshInstanceWithAFileBackend() throws {
+        let backend = RecordingBackend()
+        let api = FirecrackerAPI(id: "t", version: "0", backend: backend)
+        let bad: [(String, String)] = [
+            (#"{"snapshot_path": "/s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/sock"}}"#, "backend_type must be File"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "mem_backend": {"backend_type": "File", "backend_path": "/m"}}"#, "exactly one"),
+            (#"{"snapshot_path": "/s"}"#, "exactly one"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tap1"}]}"#, "network_overrides"),
+            (#"{"snapshot_path": "/s", "mem_file_path": "/m", "extra": 1}"#, "unknown field `extra`"),
+        ]
+        for (body, says) in bad { #expect(fault(api.handle(request("PUT", "/snapshot/load", body))).contains(says), "\(body)") }
+        #expect(backend.calls.withLock { $0 }.isEmpty && api.state == .notStarted)
+        let load = #"{"snapshot_path": "/s", "mem_backend": {"backend_type": "File", "backend_path": "/m"}, "track_dirty_pages": true}"#
+        #expect(api.handle(request("PUT", "/snapshot/load", load)).status == 204)
+        #expect(backend.calls.withLock { $0 } == ["load /s /m track=true resume=false"])
+        #expect(api.state == .paused)                                    // resume_vm absent: paused
+        #expect(fault(api.handle(request("PUT", "/snapshot/load", load))).contains("not supported after starting"))
+        let configured = FirecrackerAPI(id: "t", version: "0", backend: RecordingBackend())
+        #expect(configured.handle(request("PUT", "/machine-config", #"{"vcpu_count": 2, "mem_size_mib": 256}"#)).status == 204)
+        #expect(fault(configured.handle(request("PUT", "/snapshot/load", load))).contains("after configuring boot-specific resources"))
+    }
+}
+

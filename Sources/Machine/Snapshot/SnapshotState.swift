@@ -1,6 +1,7 @@
 import CCompression
 import KVM
 import VMCore
+import Virtio
 
 /// A snapshot's state file (docs/snapshot.md): everything but guest RAM.
 ///
@@ -328,11 +329,39 @@ struct Reader {
 extension SnapshotState {
     /// The `snapshot-state` fuzz target: any bytes through the reader; what
     /// it accepts must write back to the same bytes and read back equal.
+    /// Any bytes also go to every device's state reader as a `DEVS` entry
+    /// would (a state that reads must leave a device that works: a virtio
+    /// function restored with queues serves them).
     public static func fuzz(_ input: UnsafeRawBufferPointer) {
         let bytes = Array(input)
+        fuzzDeviceStates(bytes)
         guard let state = try? decode(bytes) else { return }
         let again = state.encoded()
         precondition(again == bytes, "a state read back writes different bytes")
         precondition((try? decode(again)) == state, "a state written reads back different")
     }
 }
+
+extension SnapshotState {
+    final class NullMSIX: MSIXDelivery {
+        func route(vector: Int, message: MSIXMessage?) {}
+        func fire(vector: Int) {}
+    }
+
+    private static let fuzzRAM = try? GuestMemory(size: 1 << 20)
+
+    static func fuzzDeviceStates(_ bytes: [UInt8]) {
+        let devices: [any SnapshotDevice] = [
+            Serial16550(output: { _ in }, setIRQ: { _ in }), I8042(setIRQ: { _ in }, reset: {}), CMOSClock(), PCIHostBridge(),
+        ]
+        for d in devices { try? d.restoreState(bytes) }
+        guard let ram = fuzzRAM else { return }
+        for device in [VirtioRNG(), VirtioConsole(input: nil, output: { _ in })] as [any VirtioDevice] {
+            guard let f = try? VirtioPCIDevice(device: device, barAddress: 0xE000_0000, memory: ram, msix: { _ in NullMSIX() }) else { continue }
+            guard (try? f.restoreState(bytes)) != nil else { continue }
+            f.flush()
+            _ = try? f.saveState()
+        }
+    }
+}
+
