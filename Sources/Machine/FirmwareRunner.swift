@@ -68,6 +68,8 @@ public struct FirmwareRunner: Sendable {
     /// such as the HLT benchmark's timer. Without it HLT exits to svmm and
     /// ends the program.
     public var irqchip = false
+    /// Guest RAM's writes recorded (KVM's dirty log and the devices'), for Diff snapshots.
+    var dirtyLog = false
 
     public init(memorySize: UInt64 = 4 << 20, timeoutSeconds: Double = 10, telemetry: Bool = false, irqchip: Bool = false) {
         self.memorySize = memorySize
@@ -86,7 +88,7 @@ public struct FirmwareRunner: Sendable {
     }
 
     func build(image: [UInt8], argument: UInt64 = 0, kvmPath: String = "/dev/kvm") throws -> Built {
-        let b = try MachineBuilder(kvmPath: kvmPath, ram: [(0, memorySize)], irqchip: irqchip, pit: false)
+        let b = try MachineBuilder(kvmPath: kvmPath, ram: [(0, memorySize)], irqchip: irqchip, pit: false, dirtyLog: dirtyLog)
         guard UInt64(image.count) <= memorySize - Self.loadAddress else {
             throw GuestMemoryError(address: Self.loadAddress, length: UInt64(image.count))
         }

@@ -34,6 +34,9 @@ extension VirtioPCIDevice: SnapshotDevice {
         guard t.queues.count == maxSizes.count, zip(t.queues, maxSizes).allSatisfy({ q, max in
             q.max == max && q.size > 0 && q.size <= max && q.size & (q.size - 1) == 0 && q.enabled <= 1
         }) else { throw DeviceStateError("\(name): the saved queues do not fit this device") }
+        guard t.driverFeatures & ~offeredFeatures == 0 else {
+            throw DeviceStateError("\(name): the saved features 0x\(String(t.driverFeatures, radix: 16)) were never offered by this device")
+        }
         guard t.msix.entries.count == vectors, t.msix.pending.count == vectors, t.msix.entries.allSatisfy({ $0.count == 4 }) else {
             throw DeviceStateError("\(name): the saved MSI-X table does not fit this device")
         }

@@ -66,7 +66,7 @@ struct SnapshotConfiguration: Codable {
             r.disks.append(DiskImage.Options(path: d.path, readOnly: d.readOnly, serial: d.serial, cache: cache, discard: d.discard))
         }
         for n in nets {
-            guard n.mac.count == 6, (1...NetSpec.maxQueues).contains(n.queues) else {
+            guard n.mac.count == 6, (1...NetSpec.maxQueues).contains(n.queues), (try? NetSpec.parse("tap=\(n.tap)")) != nil else {
                 throw SnapshotLoadFailure("the snapshot's interface \(n.tap) does not fit", .snapshotMalformed)
             }
             r.nets.append(NetSpec.Options(tap: n.tap, mac: n.mac, queues: n.queues, vhost: n.vhost))
