@@ -126,21 +126,8 @@ public final class GuestMemory: @unchecked Sendable {
     /// another: pages of zeros are left as holes (a sparse file), and the file
     /// ends at `totalSize`. Read with the vCPUs and devices paused.
     public func save(to fd: Int32) throws(HostError) {
-        let chunk = 64 << 10
-        var offset: Int64 = 0
-        for r in regions {
-            // SAFETY: [host, host + size) is this region's live mapping; read only, within the call.
-            let base = UnsafeRawPointer(bitPattern: r.host)!
-            var at = 0
-            while at < Int(r.size) {
-                let n = min(chunk, Int(r.size) - at)
-                let bytes = UnsafeRawBufferPointer(start: base + at, count: n)
-                if chost_is_zero(bytes.baseAddress, UInt(n)) == 0 { try Self.writeAll(fd, bytes, at: offset + Int64(at)) }
-                at += n
-            }
-            offset += Int64(r.size)
-        }
-        guard ftruncate(fd, off_t(offset)) == 0 else { throw HostError("sizing the memory file", Errno(rawValue: errno)) }
+        try writePages(to: fd) { page in chost_is_zero(page.baseAddress, UInt(page.count)) == 0 }
+        guard ftruncate(fd, off_t(totalSize)) == 0 else { throw HostError("sizing the memory file", Errno(rawValue: errno)) }
     }
 
     /// Writes the pages written since the last `takeDirty` (by the guest,
@@ -154,23 +141,35 @@ public final class GuestMemory: @unchecked Sendable {
             throw HostError("the base memory file is \(st.st_size) bytes; guest RAM is \(totalSize)", Errno(rawValue: EINVAL))
         }
         let dirty = try takeDirty(slots: slots)
-        var written = 0, offset: Int64 = 0, firstPage = 0
+        var index = 0
+        return try writePages(to: fd) { _ in
+            defer { index += 1 }
+            return Self.bit(dirty, index)
+        }
+    }
+
+    /// Writes the pages `chosen` picks (called once per page, in order over
+    /// the regions) at their offsets in the memory file, runs of chosen pages
+    /// one write each. Returns how many pages were written.
+    @discardableResult
+    func writePages(to fd: Int32, _ chosen: (UnsafeRawBufferPointer) -> Bool) throws(HostError) -> Int {
+        var written = 0, offset: Int64 = 0
         for r in regions {
             // SAFETY: [host, host + size) is this region's live mapping; read only, within the call.
             let base = UnsafeRawPointer(bitPattern: r.host)!
             let pages = Int(r.size) / Self.pageSize
-            var page = 0
-            while page < pages {
-                guard Self.bit(dirty, firstPage + page) else { page += 1; continue }
-                var end = page + 1
-                while end < pages && Self.bit(dirty, firstPage + end) { end += 1 }
-                let bytes = UnsafeRawBufferPointer(start: base + page * Self.pageSize, count: (end - page) * Self.pageSize)
-                try Self.writeAll(fd, bytes, at: offset + Int64(page * Self.pageSize))
-                written += end - page
-                page = end
+            var run: Int?
+            for page in 0...pages {
+                let take = page < pages && chosen(UnsafeRawBufferPointer(start: base + page * Self.pageSize, count: Self.pageSize))
+                if take, run == nil { run = page }
+                if !take, let first = run {
+                    let bytes = UnsafeRawBufferPointer(start: base + first * Self.pageSize, count: (page - first) * Self.pageSize)
+                    try Self.writeAll(fd, bytes, at: offset + Int64(first * Self.pageSize))
+                    written += page - first
+                    run = nil
+                }
             }
             offset += Int64(r.size)
-            firstPage += pages
         }
         return written
     }
