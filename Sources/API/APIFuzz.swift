@@ -14,7 +14,7 @@ public enum APIFuzz {
         func prometheus() -> String { "" }
         func metricsLine() -> String { "{}" }
         func createSnapshot(diff: Bool, statePath: String, memoryPath: String) throws(HTTPError) {}
-        func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError) {}
+        func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError) -> (vcpus: Int, memoryMiB: Int) { (1, 128) }
     }
 
     public static func run(_ input: UnsafeRawBufferPointer) {

@@ -23,8 +23,9 @@ public protocol APIBackend: AnyObject, Sendable {
     /// written since the last snapshot, into the base memory file there).
     func createSnapshot(diff: Bool, statePath: String, memoryPath: String) throws(HTTPError)
     /// Builds the machine a snapshot describes and restores it, paused
-    /// unless `resume`; `trackDirtyPages` for later Diff snapshots.
-    func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError)
+    /// unless `resume`; `trackDirtyPages` for later Diff snapshots. Returns
+    /// the restored machine's vCPUs and RAM (for `GET /machine-config`).
+    func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError) -> (vcpus: Int, memoryMiB: Int)
 }
 
 public enum InstanceState: String, Sendable, Codable {
@@ -318,9 +319,12 @@ public final class FirecrackerAPI: Sendable {
             throw HTTPError(status: 400, "Give exactly one of mem_backend and mem_file_path.")
         }
         let track = body.track_dirty_pages ?? body.enable_diff_snapshots ?? false
-        try backend.loadSnapshot(statePath: body.snapshot_path, memoryPath: memoryPath, trackDirtyPages: track, resume: body.resume_vm ?? false)
+        let restored = try backend.loadSnapshot(statePath: body.snapshot_path, memoryPath: memoryPath, trackDirtyPages: track,
+                                                resume: body.resume_vm ?? false)
         shared.withLock { s in
             s.state = .running
+            s.machine.vcpu_count = restored.vcpus
+            s.machine.mem_size_mib = restored.memoryMiB
             s.machine.track_dirty_pages = track
         }
         log("snapshot \(body.snapshot_path) loaded")

@@ -238,7 +238,7 @@ final class ServeBackend: APIBackend {
         }
     }
 
-    func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError) {
+    func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError) -> (vcpus: Int, memoryMiB: Int) {
         let built: LinuxMachine, request: MachineRequest
         do {
             (built, request) = try SnapshotFiles.restore(statePath: statePath, memoryPath: memoryPath, trackDirtyPages: trackDirtyPages,
@@ -250,6 +250,7 @@ final class ServeBackend: APIBackend {
         var timed = request
         timed.timeoutSeconds = timeoutSeconds
         try run(built, request: timed, paused: !resume)
+        return (request.cpus, Int(request.memoryBytes >> 20))
     }
 
     static let notRunning = "The microVM is not running."

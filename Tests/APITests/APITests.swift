@@ -26,9 +26,10 @@ final class RecordingBackend: APIBackend {
     func createSnapshot(diff: Bool, statePath: String, memoryPath: String) throws(HTTPError) {
         calls.withLock { $0.append("snapshot \(diff ? "Diff" : "Full") \(statePath) \(memoryPath)") }
     }
-    func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError) {
+    func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError) -> (vcpus: Int, memoryMiB: Int) {
         calls.withLock { $0.append("load \(statePath) \(memoryPath) track=\(trackDirtyPages) resume=\(resume)") }
         paused.store(!resume, ordering: .releasing)
+        return (2, 256)
     }
 }
 
@@ -425,6 +426,8 @@ func fault(_ r: HTTPResponse) -> String {
         #expect(api.handle(request("PUT", "/snapshot/load", load)).status == 204)
         #expect(backend.calls.withLock { $0 } == ["load /s /m track=true resume=false"])
         #expect(api.state == .paused)                                    // resume_vm absent: paused
+        let machine = String(decoding: api.handle(request("GET", "/machine-config")).body, as: UTF8.self)
+        #expect(machine.contains(#""vcpu_count":2"#) && machine.contains(#""mem_size_mib":256"#) && machine.contains(#""track_dirty_pages":true"#), "\(machine)")
         #expect(fault(api.handle(request("PUT", "/snapshot/load", load))).contains("not supported after starting"))
         let configured = FirecrackerAPI(id: "t", version: "0", backend: RecordingBackend())
         #expect(configured.handle(request("PUT", "/machine-config", #"{"vcpu_count": 2, "mem_size_mib": 256}"#)).status == 204)

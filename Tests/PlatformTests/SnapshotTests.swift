@@ -88,6 +88,8 @@ import Testing
         #expect(twins.count == 4 && twins[0] == point + 1 && twins[2] == point + 1 && twins[1] >= point + 20 && twins[3] >= point + 20,
                 "snapshot at \(point), restores: \(twins); \(context(s))")
         #expect(line(s, "=== b-info").contains(#""state":"Running""#))
+        let machine = line(s, "=== b-machine")
+        #expect(machine.contains(#""vcpu_count":1"#) && machine.contains(#""mem_size_mib":128"#), "\(machine)")
     }
 
     /// A state file that is not one, of another version, cut short,

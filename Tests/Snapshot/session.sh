@@ -119,6 +119,7 @@ echo "=== b-load2 $(api b3.sock PUT /snapshot/load "$load")"
 watch=$r1; waitfor b2.out "^C $((point + 20))$"; watch=$r2; waitfor b3.out "^C $((point + 20))$"
 echo "=== b-twins $(first b2.out) $(last b2.out) $(first b3.out) $(last b3.out)"
 echo "=== b-info $(api b2.sock GET / '')"
+echo "=== b-machine $(api b2.sock GET /machine-config '')"
 kill $r1 $r2; wait $r1 $r2
 cat b1.err b2.err b3.err
 
