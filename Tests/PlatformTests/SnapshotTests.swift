@@ -15,7 +15,6 @@ import Testing
         let stdout: String
         let stderr: String
         let consoles: [String: String]
-        let disk: String
     }
 
     static let session: Result<Session, Error> = Result {
@@ -28,7 +27,7 @@ import Testing
         for name in ["a1", "a2", "b1", "b2", "b3"] {
             consoles[name] = ((try? String(contentsOfFile: "\(dir)/\(name).out", encoding: .utf8)) ?? "").replacingOccurrences(of: "\r", with: "")
         }
-        return Session(stdout: r.stdout, stderr: r.stderr, consoles: consoles, disk: "")
+        return Session(stdout: r.stdout, stderr: r.stderr, consoles: consoles)
     }
 
     func line(_ s: Session, _ prefix: String) -> String {
