@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import Machine
+import SystemPackage
 import VMCore
 
 /// A snapshot's `CONF` section: how to build the machine again (the
@@ -127,17 +128,7 @@ enum SnapshotFiles {
         let temporary = statePath + ".partial"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw SnapshotLoadFailure("cannot create the state file \(temporary): \(String(cString: strerror(errno)))", .cannotCreate) }
-        let bytes = state.encoded()
-        let written = bytes.withUnsafeBytes { b -> Bool in
-            var done = 0
-            while done < b.count {
-                let n = write(fd, b.baseAddress! + done, b.count - done)
-                if n < 0, errno == EINTR { continue }
-                if n <= 0 { return false }
-                done += n
-            }
-            return fsync(fd) == 0
-        }
+        let written = (try? FileDescriptor(rawValue: fd).writeAll(state.encoded())) != nil && fsync(fd) == 0
         close(fd)
         guard written, rename(temporary, statePath) == 0 else {
             let reason = String(cString: strerror(errno))
