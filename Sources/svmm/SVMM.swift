@@ -65,8 +65,6 @@ enum ExitStatus: Int32 {
     case snapshotMalformed = 84
     /// A memory file whose size is not the snapshot's guest RAM.
     case snapshotMemorySize = 85
-    /// A snapshot refused for the machine's state (not paused, vhost-net serving a queue).
-    case snapshotRefused = 86
     /// The person at the console typed Ctrl-A x (as a Ctrl-C would end a program: 128 + SIGINT).
     case consoleEscape = 130
 }

@@ -105,7 +105,7 @@ enum SnapshotFiles {
         } catch { throw SnapshotLoadFailure("cannot encode the machine's configuration: \(error)", .failure) }
         let state: SnapshotState
         do { state = try machine.snapshotState(configuration: configuration) } catch {
-            throw SnapshotLoadFailure("cannot snapshot: \(error.description)", error.kind == .notAllowed ? .snapshotRefused : .failure)
+            throw SnapshotLoadFailure("cannot snapshot: \(error.description)", .failure)
         }
         // A Full goes to a new file renamed into place: a guest restored from
         // an older file at that path keeps mapping the old one, never a
