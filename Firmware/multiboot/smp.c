@@ -41,7 +41,7 @@ struct { uint16_t limit; uint32_t base; } __attribute__((packed)) gdt_ptr = { si
 uint64_t idt[256] __attribute__((aligned(8)));
 struct { uint16_t limit; uint32_t base; } __attribute__((packed)) idt_ptr = { sizeof(idt) - 1, (uint32_t)idt };
 
-volatile uint32_t online, ap_ids[16], interrupts, exceptions;
+volatile uint32_t online, slots, ap_ids[16], interrupts, exceptions;
 uint8_t ap_stacks[16][1024] __attribute__((aligned(16)));
 
 /* The trampoline, assembled for address 0 and copied there; then the APs'
@@ -91,8 +91,11 @@ extern char trampoline[], trampoline_end[], irq_stub[], exception_stub[];
 volatile uint32_t next_stack;
 
 void ap_main(void) {
-	uint32_t n = __atomic_fetch_add(&online, 1, __ATOMIC_SEQ_CST);
+	/* The id is in its slot before the AP counts as online: the boot CPU
+	 * reads ap_ids[0..online) as soon as online reaches N-1. */
+	uint32_t n = __atomic_fetch_add(&slots, 1, __ATOMIC_SEQ_CST);
 	if (n < 16) ap_ids[n] = xapic_id();
+	__atomic_fetch_add(&online, 1, __ATOMIC_SEQ_CST);
 }
 
 void irq_handler(void) {
