@@ -24,7 +24,30 @@ import Testing
         r = try runProgram(svmmPath, ["serve", "--config-file", "/nonexistent/vm.json"])
         #expect(r.status == 66 && r.stderr == "svmm: error: cannot read --config-file /nonexistent/vm.json: No such file or directory\n")
         r = try runProgram(svmmPath, ["serve"])
-        #expect(r.status == 64 && r.stderr.hasPrefix("Error: give --api-sock PATH, --config-file FILE, or both"))
+        #expect(r.status == 64 && r.stderr.hasPrefix("Error: give --api-sock PATH, --config-file FILE, --restore SNAPSHOT --mem FILE"), "\(r.stderr)")
+    }
+
+    /// `--restore`'s own mistakes, before anything is built (no KVM needed):
+    /// the options' rules (64), a snapshot that cannot be read (66), a file
+    /// that is not a snapshot (80); the memory file is never created.
+    @Test func restoreOptionsAndFilesAreCheckedFirst() throws {
+        let dir = NSTemporaryDirectory() + "svmm-restore-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let notSnapshot = dir + "/vm.json"
+        try #"{"boot-source": {"kernel_image_path": "/vmlinux"}}"#.write(toFile: notSnapshot, atomically: true, encoding: .utf8)
+        let cases: [([String], Int32, String)] = [
+            (["--restore", notSnapshot], 64, "Error: --restore SNAPSHOT and --mem FILE go together"),
+            (["--restore", notSnapshot, "--mem", dir + "/m", "--config-file", notSnapshot], 64, "Error: --config-file boots, --restore restores"),
+            (["--api-sock", dir + "/s", "--paused"], 64, "Error: --paused and --track-dirty-pages are for --restore"),
+            (["--restore", dir + "/none.snap", "--mem", dir + "/m"], 66, "svmm: error: cannot read snapshot \(dir)/none.snap: No such file or directory"),
+            (["--restore", notSnapshot, "--mem", dir + "/m"], 80, "svmm: error: snapshot \(notSnapshot): not an svmm snapshot"),
+        ]
+        for (arguments, status, says) in cases {
+            let r = try runProgram(svmmPath, ["serve"] + arguments)
+            #expect(r.status == status && r.stderr.hasPrefix(says), "\(arguments): \(r.status) \(r.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/m"))
     }
 
     /// A machine that cannot be built exits with `svmm boot`'s status for it:
