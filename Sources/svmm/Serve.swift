@@ -61,6 +61,9 @@ struct Serve: ParsableCommand {
     @Flag(help: "Record the pages written, for Diff snapshots (with --restore).")
     var trackDirtyPages = false
 
+    @Flag(help: "Print on stderr how long each restore took (reading the state file, building the machine, setting its state).")
+    var restoreTime = false
+
     @Option(help: "The instance's ID, as `GET /` reports it.")
     var id = "anonymous-instance"
 
@@ -109,7 +112,7 @@ struct Serve: ParsableCommand {
             }
         }
         let backend = ServeBackend(started: started, output: output, input: input, kvmPath: device,
-                                   timeoutSeconds: timeout.flatMap(Sizes.seconds))
+                                   timeoutSeconds: timeout.flatMap(Sizes.seconds), reportRestoreTime: restoreTime)
         let api = FirecrackerAPI(id: id, version: SVMM.version, backend: backend)
         var server: APIServer?
         if let apiSock {
@@ -170,7 +173,10 @@ final class ServeBackend: APIBackend {
     /// Why the last InstanceStart could not build the machine, if it could not.
     var startFailure: StartFailure? { failure.withLock { $0 } }
 
-    init(started: UInt64, output: ConsoleOutput, input: ConsoleInput, kvmPath: String, timeoutSeconds: Double?) {
+    let reportRestoreTime: Bool
+
+    init(started: UInt64, output: ConsoleOutput, input: ConsoleInput, kvmPath: String, timeoutSeconds: Double?, reportRestoreTime: Bool = false) {
+        self.reportRestoreTime = reportRestoreTime
         self.started = started
         self.output = output
         self.input = input
@@ -242,7 +248,8 @@ final class ServeBackend: APIBackend {
         let built: LinuxMachine, request: MachineRequest
         do {
             (built, request) = try SnapshotFiles.restore(statePath: statePath, memoryPath: memoryPath, trackDirtyPages: trackDirtyPages,
-                                                         kvmPath: kvmPath, started: started, output: output, input: input)
+                                                         kvmPath: kvmPath, started: started, output: output, input: input,
+                                                         reportTime: reportRestoreTime)
         } catch {
             failure.withLock { $0 = StartFailure(message: error.message, status: error.status) }
             throw HTTPError(status: 400, "Load snapshot error: \(error.message)")

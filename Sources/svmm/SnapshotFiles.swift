@@ -1,3 +1,4 @@
+import Dispatch
 import FoundationEssentials
 import Glibc
 import Machine
@@ -170,8 +171,11 @@ enum SnapshotFiles {
     /// Builds the snapshot's machine and restores it (not started). The
     /// memory file is opened read-only and mapped privately: never written.
     static func restore(statePath: String, memoryPath: String, trackDirtyPages: Bool, kvmPath: String, started: UInt64,
-                        output: ConsoleOutput, input: ConsoleInput) throws(SnapshotLoadFailure) -> (LinuxMachine, MachineRequest) {
+                        output: ConsoleOutput, input: ConsoleInput, reportTime: Bool = false) throws(SnapshotLoadFailure) -> (LinuxMachine, MachineRequest) {
+        func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+        let t0 = now()
         let (state, configuration) = try read(statePath: statePath)
+        let t1 = now()
         var request = try configuration.request(kvmPath: kvmPath)
         request.trackDirtyPages = trackDirtyPages
         let memory = open(memoryPath, O_RDONLY | O_CLOEXEC)
@@ -184,6 +188,15 @@ enum SnapshotFiles {
         let machine: LinuxMachine
         do { machine = try request.build(started: started, output: output, input: input) } catch {
             throw SnapshotLoadFailure(error.message, error.status)
+        }
+        let t2 = now()
+        defer {
+            if reportTime {
+                let t3 = now()
+                func ms(_ a: UInt64, _ b: UInt64) -> String { "\((b - a) / 1_000_000).\((b - a) / 100_000 % 10)" }
+                Messages.line("svmm: restored \(statePath) in \(ms(t0, t3)) ms: state file \(ms(t0, t1)) ms, "
+                              + "machine built \(ms(t1, t2)) ms, memory mapped and state set \(ms(t2, t3)) ms")
+            }
         }
         do { try machine.restore(state, memoryFile: memory) } catch {
             let status: ExitStatus = switch error.kind {
