@@ -79,9 +79,11 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         return try? DiskImage(.init(path: path))
     }()
 
-    final class NullMSIX: MSIXDelivery {
-        func route(vector: Int, message: MSIXMessage?) {}
-        func fire(vector: Int) {}
+    /// MSI-X that delivers nowhere (the fuzz targets, the snapshot-state one's too).
+    public final class NullMSIX: MSIXDelivery {
+        public init() {}
+        public func route(vector: Int, message: MSIXMessage?) {}
+        public func fire(vector: Int) {}
     }
 
     /// One GuestMemory for the whole process (mapping 1 MiB per input would

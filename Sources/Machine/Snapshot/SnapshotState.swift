@@ -343,11 +343,6 @@ extension SnapshotState {
 }
 
 extension SnapshotState {
-    final class NullMSIX: MSIXDelivery {
-        func route(vector: Int, message: MSIXMessage?) {}
-        func fire(vector: Int) {}
-    }
-
     private static let fuzzRAM = try? GuestMemory(size: 1 << 20)
 
     static func fuzzDeviceStates(_ bytes: [UInt8]) {
@@ -357,7 +352,7 @@ extension SnapshotState {
         for d in devices { try? d.restoreState(bytes) }
         guard let ram = fuzzRAM else { return }
         for device in [VirtioRNG(), VirtioConsole(input: nil, output: { _ in })] as [any VirtioDevice] {
-            guard let f = try? VirtioPCIDevice(device: device, barAddress: 0xE000_0000, memory: ram, msix: { _ in NullMSIX() }) else { continue }
+            guard let f = try? VirtioPCIDevice(device: device, barAddress: 0xE000_0000, memory: ram, msix: { _ in FuzzTarget.NullMSIX() }) else { continue }
             guard (try? f.restoreState(bytes)) != nil else { continue }
             f.flush()
             _ = try? f.saveState()
