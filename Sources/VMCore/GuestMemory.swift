@@ -164,7 +164,9 @@ public final class GuestMemory: @unchecked Sendable {
                 if take, run == nil { run = page }
                 if !take, let first = run {
                     let bytes = UnsafeRawBufferPointer(start: base + first * Self.pageSize, count: (page - first) * Self.pageSize)
-                    try Self.writeAll(fd, bytes, at: offset + Int64(first * Self.pageSize))
+                    do { _ = try FileDescriptor(rawValue: fd).writeAll(toAbsoluteOffset: offset + Int64(first * Self.pageSize), bytes) } catch {
+                        throw HostError("writing guest RAM", error as? Errno ?? Errno(rawValue: EIO))
+                    }
                     written += page - first
                     run = nil
                 }
@@ -210,16 +212,6 @@ public final class GuestMemory: @unchecked Sendable {
                 return
             }
             firstPage += Int(r.size) / Self.pageSize
-        }
-    }
-
-    static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int64) throws(HostError) {
-        var done = 0
-        while done < bytes.count {
-            let w = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
-            if w < 0, errno == EINTR { continue }
-            guard w > 0 else { throw HostError("writing guest RAM", Errno(rawValue: errno)) }
-            done += w
         }
     }
 
