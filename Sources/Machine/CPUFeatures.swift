@@ -38,7 +38,7 @@ public enum CPUFeatures {
         return t
     }()
 
-    public static var names: [String] { table.keys.sorted() }
+    public static let names: [String] = table.keys.sorted()
 
     public struct Change: Sendable, Equatable {
         public var name: String

@@ -25,13 +25,26 @@ public struct FirmwareRunner: Sendable {
     public static let reportPort: UInt16 = 0xF5
     public static let exitPort: UInt16 = 0xF4
 
-    public enum Outcome: Equatable, Sendable {
+    public enum Outcome: Equatable, Sendable, CustomStringConvertible {
         case exited(status: UInt32)
         case halted
         case shutdown
         case internalError(suberror: UInt32, data: [UInt64])
         case failedEntry(reason: UInt64)
         case timedOut
+
+        /// Spelled as Swift's reflection would, written out so that printing
+        /// one costs no runtime type lookups at start-up.
+        public var description: String {
+            switch self {
+            case let .exited(status): "exited(status: \(status))"
+            case .halted: "halted"
+            case .shutdown: "shutdown"
+            case let .internalError(suberror, data): "internalError(suberror: \(suberror), data: \(data))"
+            case let .failedEntry(reason): "failedEntry(reason: \(reason))"
+            case .timedOut: "timedOut"
+            }
+        }
     }
 
     public struct Result: Sendable {
@@ -44,8 +57,11 @@ public struct FirmwareRunner: Sendable {
         public var nanoseconds: UInt64 = 0
         /// Guest RIP when it stopped, where it could be read.
         public var rip: UInt64?
-        /// The vCPU's exit telemetry at the end.
+        /// The vCPU's exit telemetry at the end (with telemetry on).
         public var telemetry: TelemetrySample?
+        /// The stopped machine: the VM is torn down when the last reference
+        /// goes (a caller about to exit can hand that to `detachTeardown`).
+        public var machine: RunningMachine?
     }
 
     /// Told when the program starts and after it stopped (telemetry output).
@@ -140,8 +156,9 @@ public struct FirmwareRunner: Sendable {
         result.console = program.console
         result.reports = program.reports
         result.rip = machine.stoppedAt.first??.rip
-        result.telemetry = telemetry.sample()
-        result.exits = Int(result.telemetry!.totalExits)
+        result.exits = Int(telemetry.totalExits)
+        if self.telemetry { result.telemetry = telemetry.sample() }
+        result.machine = machine
         observer?.finished()
         return result
     }

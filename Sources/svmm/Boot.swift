@@ -8,6 +8,7 @@ import Machine
 
 struct Boot: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "boot",
         abstract: "Boot a Linux kernel with an initramfs.",
         discussion: """
             With no --kernel, boots the default test guest from the artifact cache
@@ -216,8 +217,14 @@ enum ArtifactCache {
 enum Sizes {
     static func bytes(_ text: String) -> UInt64? {
         let t = text.uppercased().replacingSuffix("IB", with: "").replacingSuffix("B", with: "")
-        let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
-        if let last = t.last, let unit = units[last] {
+        let unit: UInt64? = switch t.last {
+        case "K": 1 << 10
+        case "M": 1 << 20
+        case "G": 1 << 30
+        case "T": 1 << 40
+        default: nil
+        }
+        if let unit {
             return UInt64(t.dropLast()).flatMap { $0.multipliedReportingOverflow(by: unit).overflow ? nil : $0 * unit }
         }
         return UInt64(t).map { $0 << 20 }   // plain number: MiB

@@ -62,6 +62,12 @@ final class ConsoleInput: Sendable {
     /// Starts the reader: bytes to `serial` (or the pipe), commands to `machine`.
     func start(serial: Serial16550, machine: RunningMachine) throws(HostError) {
         let pipeWrite = pipeWrite
+        if Self.stdinIsEmpty {
+            // Closed or /dev/null (a CI job's usual stdin): the reader would
+            // see the end at once, so no thread is made for it.
+            if pipeWrite >= 0 { close(pipeWrite) }
+            return
+        }
         try startHostThread("console input", detached: true) {
             var escape = ConsoleEscape()
             var buffer = [UInt8](repeating: 0, count: 256)
@@ -98,5 +104,13 @@ final class ConsoleInput: Sendable {
             }
             if pipeWrite >= 0 { close(pipeWrite) }   // the virtio-console sees end of input
         }
+    }
+
+    /// Whether stdin is closed or is /dev/null: reading it would end at once.
+    static var stdinIsEmpty: Bool {
+        var input = stat(), null = stat()
+        guard fstat(0, &input) == 0 else { return errno == EBADF }
+        guard stat("/dev/null", &null) == 0 else { return false }
+        return input.st_mode & S_IFMT == S_IFCHR && input.st_rdev == null.st_rdev
     }
 }

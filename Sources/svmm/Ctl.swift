@@ -6,6 +6,7 @@ import VMCore
 /// A small client of `svmm serve`'s API for people: one request, its answer on stdout.
 struct Ctl: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "ctl",
         abstract: "Drive a running `svmm serve` through its API socket.",
         discussion: """
             pause, resume: PATCH /vm. stop: ends svmm as SIGTERM does (the guest is

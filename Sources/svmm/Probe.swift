@@ -6,6 +6,7 @@ import Machine
 
 struct Probe: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "probe",
         abstract: "Check whether this host's KVM can run a real guest.",
         discussion: """
             Runs a tiny 64-bit guest that must take two exceptions through its IDT.

@@ -3,6 +3,7 @@ import VMCore
 import ArgumentParser
 import KVM
 import Machine
+import Glibc
 
 struct RunFirmware: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -67,12 +68,18 @@ struct RunFirmware: ParsableCommand {
         }
         if !result.console.isEmpty { writeStdout(result.console) }
         let perIteration = arg > 0 ? Double(result.nanoseconds) / Double(arg) : 0
-        print("outcome=\(result.outcome) exits=\(result.exits) ns=\(result.nanoseconds) ns_per_iteration=\((perIteration * 100).rounded() / 100) reports=\(result.reports)")
-        switch result.outcome {
-        case .exited(status: 0): return
-        case .exited: throw ExitCode(ExitStatus.guestFailed.rawValue)
-        case .timedOut: throw ExitCode(ExitStatus.timeout.rawValue)
-        default: throw ExitCode(ExitStatus.kvmInternalError.rawValue)
+        writeStdout(Array("outcome=\(result.outcome) exits=\(result.exits) ns=\(result.nanoseconds) ns_per_iteration=\((perIteration * 100).rounded() / 100) reports=\(result.reports)\n".utf8))
+        let status: ExitStatus = switch result.outcome {
+        case .exited(status: 0): .success
+        case .exited: .guestFailed
+        case .timedOut: .timeout
+        default: .kvmInternalError
+        }
+        // Everything is written: exit while the machine is still referenced,
+        // so that its VM's teardown is the helper's (detachTeardown), not ours.
+        withExtendedLifetime(result) {
+            detachTeardown()
+            Glibc.exit(status.rawValue)
         }
     }
 }

@@ -10,6 +10,7 @@ import VMCore
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "serve",
         abstract: "Run a guest configured through Firecracker's API on a Unix socket, or from its configuration file.",
         discussion: """
             With --api-sock, svmm waits for the configuration on the socket and

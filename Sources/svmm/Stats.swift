@@ -6,6 +6,7 @@ import Machine
 
 struct Stats: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "stats",
         abstract: "Summarize (and plot) a file recorded with --stats.",
         discussion: """
             Reads JSONL or CSV (svmm-stats schema, docs/telemetry.md) and prints the

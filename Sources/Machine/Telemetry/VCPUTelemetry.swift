@@ -67,7 +67,9 @@ public final class VCPUTelemetry: @unchecked Sendable {
         // SAFETY: a fresh anonymous mapping of blockSlots UInt64s, bound once
         // and unmapped only in deinit; no other view of it exists.
         block = p!.bindMemory(to: UInt64.self, capacity: Self.blockSlots)
-        histograms = Array(repeating: nil, count: ExitReason.allCases.count)
+        // Without timing there are no latencies: no array (nor its generic
+        // type's metadata, a runtime lookup at start-up) is made.
+        histograms = timing ? Array(repeating: nil, count: ExitReason.allCases.count) : []
     }
 
     deinit { munmap(block, Self.blockBytes) }
@@ -161,11 +163,17 @@ public final class VCPUTelemetry: @unchecked Sendable {
         return s
     }
 
+    /// Exits to userspace so far, all reasons (what `sample()` sums,
+    /// without building the rest of a sample).
+    public var totalExits: UInt64 {
+        ExitReason.allCases.reduce(0) { $0 + Counter.load(block + Self.reasonBase + $1.rawValue) }
+    }
+
     /// Latency histograms by reason, in TSC ticks (`TSCClock` converts).
     /// Only after the vCPU thread was joined.
     public var latencies: [ExitReason: Histogram<UInt64>] {
         var result: [ExitReason: Histogram<UInt64>] = [:]
-        for r in ExitReason.allCases { if let h = histograms[r.rawValue] { result[r] = h } }
+        for r in ExitReason.allCases where r.rawValue < histograms.count { if let h = histograms[r.rawValue] { result[r] = h } }
         return result
     }
 }
