@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import Machine
 @testable import Stats
@@ -42,5 +43,35 @@ import Testing
             try m.store(UInt8(7), at: r.end - 1)
             #expect(try m.load(UInt8.self, at: r.end - 1) == 7)
         }
+    }
+
+    /// The first 2 MiB (boot structures, the guest's real-mode and BIOS
+    /// areas: a few scattered pages) are advised against huge pages, the rest
+    /// of RAM for them: the kernel's own account of each mapping
+    /// (/proc/self/smaps VmFlags: `nh`, `hg`) says so.
+    @Test func onlyTheFirstTwoMiBAreKeptOffHugePages() throws {
+        let m = try GuestMemory(layout: [(0, 0x80_0000), (0x1_0000_0000, 0x40_0000)])
+        // Read to the end by hand: a /proc file says its size is 0.
+        let fd = open("/proc/self/smaps", O_RDONLY)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        var bytes: [UInt8] = [], chunk = [UInt8](repeating: 0, count: 65536)
+        while case let n = read(fd, &chunk, chunk.count), n > 0 { bytes += chunk[..<n] }
+        let smaps = String(decoding: bytes, as: UTF8.self)
+        var flags: [UInt: String] = [:]     // start of each mapping -> its VmFlags
+        var start: UInt?
+        for line in smaps.split(separator: "\n") {
+            if let dash = line.firstIndex(of: "-"), let a = UInt(line[..<dash], radix: 16) {
+                start = a
+            } else if line.hasPrefix("VmFlags:"), let s = start {
+                flags[s] = String(line.dropFirst("VmFlags:".count))
+            }
+        }
+        let low = m.regions[0].host, high = m.regions[1].host
+        let words = { (a: UInt) in Set((flags[a] ?? "").split(separator: " ").map(String.init)) }
+        #expect(words(low).contains("nh"), "guest 0: \(flags[low] ?? "no mapping")")
+        #expect(words(low + (2 << 20)).contains("hg"), "guest 2 MiB: \(flags[low + (2 << 20)] ?? "no mapping")")
+        #expect(words(high).contains("hg"), "guest 4 GiB: \(flags[high] ?? "no mapping")")
+        #expect(!words(high).contains("nh"))
     }
 }
