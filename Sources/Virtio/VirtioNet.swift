@@ -288,6 +288,7 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
 
     func transmit(pair: Int, _ queue: Virtqueue, index: Int, context: VirtioQueueContext) throws(VirtqueueError) {
         let c = counters[pair]
+        var sent = 0
         while let chain = try queue.pop() {
             let length = chain.readableLength
             if chain.writable.isEmpty, length >= Tap.headerSize, length <= Self.maxPacket,
@@ -299,13 +300,12 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
             }
             c.dataDescriptors.add(UInt64(chain.readable.count), ordering: .relaxed)
             queue.push(head: chain.head, written: 0)
-            // Each completion as it happens, not after the batch (the guest's
-            // used_event says when it wants to hear): its TCP stack holds back
-            // a socket's data until earlier buffers are freed (TCP small
-            // queues), so early completions keep it sending (measured: TCP
-            // from the guest 569 Mbit/s against 299-363 per batch).
-            context.interruptIfNeeded(queue, index: index)
+            sent += 1
         }
+        // Once per batch. Per completion sent TCP from the guest 0.65x ->
+        // 0.96x QEMU's in bench-net, but NetTests' 2-vCPU boot then died of
+        // the sandbox's triple fault under a higher interrupt rate (docs/net.md).
+        if sent > 0 { context.interruptIfNeeded(queue, index: index) }
     }
 
     /// One `writev` of the chain's buffers; the bytes written, or -1.
@@ -329,10 +329,9 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
     func receive(pair: Int, _ queue: Virtqueue, context: VirtioQueueContext) throws(VirtqueueError) {
         let c = counters[pair]
         var placed = 0, attempts = 0
-        // One interrupt for the batch, not one per frame: a guest woken for
-        // each frame polls one, re-enables its interrupt and is woken again
-        // (measured: TCP into the guest 233 Mbit/s per frame against
-        // 469-789 per batch, docs/benchmarks.md). Transmit differs.
+        // One interrupt offered for the batch, not one per frame: a guest
+        // woken for each frame polls one, re-enables its interrupt and is
+        // woken again (docs/net.md: 233 Mbit/s per frame, 730-839 per batch).
         defer { if placed > 0 { context.interruptIfNeeded(queue, index: 2 * pair) } }
         while placed < Self.receiveBatch && attempts < 2 * Self.receiveBatch {
             attempts += 1
