@@ -9,7 +9,21 @@ mount_basics() {
     mount -t devtmpfs devtmpfs /dev 2>/dev/null
     mount -t tmpfs tmpfs /tmp
     read -r _ _ KERNEL_RELEASE _ </proc/version
+    read -r CMDLINE </proc/cmdline
     MODDIR=/lib/modules/$KERNEL_RELEASE
+}
+
+# module_params PATH: sets PARAMS to the parameters the kernel command line
+# gives module PATH (NAME.param=value, NAME with '_' for '-'), as modprobe
+# would; no fork.
+module_params() {
+    local name="${1##*/}" w
+    name="${name%.ko}"
+    name="${name//-/_}"
+    PARAMS=""
+    for w in $CMDLINE; do
+        case "$w" in "$name".*=*) PARAMS="$PARAMS ${w#"$name".}" ;; esac
+    done
 }
 
 LOADED=" "
@@ -23,14 +37,16 @@ module_deps() {
     done <"$MODDIR/modules.dep"
 }
 
-# load_module PATH: insmod PATH (relative to $MODDIR) after every module it
-# depends on. modules.dep was made by depmod when the initramfs was built; the
+# load_module PATH: insmod PATH (relative to $MODDIR), with its parameters
+# from the kernel command line, after every module it depends on. modules.dep was made by depmod when the initramfs was built; the
 # order is computed here, never written down by hand.
 load_module() {
     local m="$1" dep
     case "$LOADED$FAILED" in *" $m "*) return 0 ;; esac
     for dep in $(module_deps "$m"); do load_module "$dep" || return 1; done
-    if insmod "$MODDIR/$m" 2>>/tmp/modules.log; then
+    module_params "$m"
+    # shellcheck disable=SC2086 # one word per parameter
+    if insmod "$MODDIR/$m" $PARAMS 2>>/tmp/modules.log; then
         LOADED="$LOADED$m "
     else
         echo "init: insmod $m failed" >>/tmp/modules.log
