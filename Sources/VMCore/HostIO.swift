@@ -15,6 +15,24 @@ public struct HostError: Error, CustomStringConvertible, Sendable {
 
 /// Writes to the host's file descriptors that svmm does not own (its stdout).
 public enum HostIO {
+    /// Opens /dev/null on each of descriptors 0, 1 and 2 that the parent
+    /// left closed, before svmm opens anything else: otherwise its first
+    /// files (/dev/kvm, a disk image, a TAP) would take those numbers, and
+    /// the console's output would be written into a disk image, or its input
+    /// read from one. Returns false when /dev/null cannot be opened.
+    @discardableResult
+    public static func keepStandardStreamsOpen() -> Bool {
+        for fd in Int32(0)...2 where fcntl(fd, F_GETFD) < 0 && errno == EBADF {
+            // open(2) takes the lowest free number: this one.
+            let opened = open("/dev/null", O_RDWR)
+            guard opened == fd else {
+                if opened >= 0 { close(opened) }
+                return false
+            }
+        }
+        return true
+    }
+
     /// Writes all of `bytes` to `fd` (swift-system's `writeAll`: resumes
     /// after EINTR and short writes), waiting in poll(2) while a non-blocking
     /// descriptor (one a parent process left O_NONBLOCK) is full, so output

@@ -13,6 +13,11 @@ struct SVMM: ParsableCommand {
         subcommands: [Boot.self, Serve.self, Ctl.self, Probe.self, RunFirmware.self, Stats.self]
     )
     static let version = "0.1.0"
+
+    static func main() {
+        HostIO.keepStandardStreamsOpen()
+        Self.main(nil)
+    }
 }
 
 /// svmm's exit statuses. Documented in README.md; keep the two in step.

@@ -75,3 +75,24 @@ import Testing
         #expect(r.status == 69 && r.stderr == "svmm: error: /nonexistent/api.sock: cannot connect: No such file or directory\n", "\(r.stderr)")
     }
 }
+
+/// Descriptors 0, 1 and 2 that svmm's parent left closed are /dev/null
+/// before svmm opens anything: otherwise its first files (the API socket,
+/// /dev/kvm, a disk image) would take those numbers, and the console would
+/// be written into, or read from, one of them.
+@Test func closedStandardStreamsBecomeDevNull() throws {
+    let socket = temporaryPath("serve-\(UUID().uuidString).sock")
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/bin/sh")
+    p.arguments = ["-c", "exec 0<&- 1>&- 2>&-; exec \"$0\" serve --api-sock \"$1\"", svmmPath, socket]
+    try p.run()
+    defer { p.terminate(); p.waitUntilExit(); try? FileManager.default.removeItem(atPath: socket) }
+    var waited = 0
+    while !FileManager.default.fileExists(atPath: socket) && p.isRunning && waited < 200 {
+        usleep(50_000)
+        waited += 1
+    }
+    #expect(FileManager.default.fileExists(atPath: socket), "svmm serve made no socket")
+    let links = (0...2).map { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(p.processIdentifier)/fd/\($0)")) ?? "closed" }
+    #expect(links == ["/dev/null", "/dev/null", "/dev/null"], "\(links)")
+}

@@ -68,6 +68,7 @@ echo "=== a-full $(api a.sock PUT /snapshot/create "{\"snapshot_type\": \"Full\"
 full=$(last a1.out)
 echo "=== a-resume $(api a.sock PATCH /vm '{"state": "Resumed"}')"
 waitfor a1.out "^C $((full + 15))$"
+echo "=== a-counted $(last a1.out) after $i waits, svmm $(kill -0 $a 2>/dev/null && echo alive || echo gone), a1.out $(wc -c < a1.out) bytes"
 "$svmm" ctl --api-sock a.sock pause; echo "=== a-pause2 $?"
 diff=$(last a1.out)
 "$svmm" ctl --api-sock a.sock snapshot --diff --snapshot-path "$dir/a-diff.snap" --mem-file-path "$dir/a.mem"; echo "=== a-diff $?"
