@@ -87,6 +87,16 @@ public final class VCPU: @unchecked Sendable {
         _ = ckvm_unblock_signal(signal)
     }
 
+    /// Tells the guest that the host stopped this vCPU (`KVM_KVMCLOCK_CTRL`:
+    /// kvm-clock's PVCLOCK_GUEST_STOPPED flag, set at its next entry), so its
+    /// soft-lockup and RCU stall detectors do not take the pause for a hang.
+    /// Call while the vCPU is out of `KVM_RUN`. False when the guest has no
+    /// kvm-clock (EINVAL) or the host lacks the call.
+    @discardableResult
+    public func markGuestStopped() -> Bool {
+        ckvm_kvmclock_ctrl(fd) == 0
+    }
+
     public func clearExitRequest() {
         ckvm_run_set_immediate_exit(runPage, 0)
     }

@@ -96,6 +96,7 @@ static inline int ckvm_get_vcpu_events(int fd, struct kvm_vcpu_events *e) { retu
 static inline int ckvm_set_fpu(int fd, const struct kvm_fpu *f) { return CKVM_RESULT(ioctl(fd, KVM_SET_FPU, f)); }
 static inline int ckvm_set_msrs(int fd, const struct kvm_msrs *m) { return CKVM_RESULT(ioctl(fd, KVM_SET_MSRS, m)); }
 static inline int ckvm_translate(int fd, struct kvm_translation *t) { return CKVM_RESULT(ioctl(fd, KVM_TRANSLATE, t)); }
+static inline int ckvm_kvmclock_ctrl(int fd) { return CKVM_RESULT(ioctl(fd, KVM_KVMCLOCK_CTRL, 0)); }
 
 // The state a snapshot saves and a restore sets (vCPU ioctls).
 static inline int ckvm_get_fpu(int fd, struct kvm_fpu *f) { return CKVM_RESULT(ioctl(fd, KVM_GET_FPU, f)); }
