@@ -29,7 +29,7 @@ main)
     # guest, and its receive offloads through the control queue (rx-gro-hw).
     ethtool -K eth0 tx off tso off sg off rx-gro-hw off; echo NET-OFFLOADS-SET $?
     echo NET-OFFLOADS-OFF $(offloads)
-    yes svmm-net-B | head -c 16777216 | nc 10.0.0.1 5001; echo NET-SENT-B $?
+    yes svmm-net-B | head -c 4194304 | nc 10.0.0.1 5001; echo NET-SENT-B $?
     (nc -l -p 5003 | sha256sum > /tmp/recv-b) &
     sleep 1; echo NET-LISTENING-B; wait
     echo NET-RECEIVED-B $(cat /tmp/recv-b)

@@ -8,7 +8,14 @@ import Testing
 /// guests on a bridge. The guest's side is Tests/Net/guest.sh, the host's
 /// Tests/Net/host-side.py.
 @Suite(.serialized) struct NetTests {
+    /// The host's flow to the guest with the offloads on.
     static let bulkBytes = 16 << 20
+    /// The flows each way with the offloads off: 4 MiB (16 MiB until
+    /// session 17). Without TSO every 1400 bytes is a frame and an interrupt
+    /// or two, and the nested sandbox's emulated CPU loses a 2-vCPU guest to
+    /// a triple fault under that load now and then (docs/platform.md); a
+    /// quarter of it still wraps every ring many times over.
+    static let offloadsOffBytes = 4 << 20
     /// The one large flow, guest to host with the offloads on: 32 MB (the
     /// issue allows up to 100 MB once; L1's own kernel fails under the
     /// nested sandbox's network load often enough that less load is kept:
@@ -45,7 +52,7 @@ import Testing
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         // The guest's initramfs: the test guest's, ethtool, and /net-test.sh.
         let setup = """
-            cd '\(dir)' && head -c \(bulkBytes) /dev/urandom > bulk-a && head -c \(bulkBytes) /dev/urandom > bulk-b &&
+            cd '\(dir)' && head -c \(bulkBytes) /dev/urandom > bulk-a && head -c \(offloadsOffBytes) /dev/urandom > bulk-b &&
             head -c \(smallBytes) /dev/urandom > small && head -c \(vhostBytes) bulk-a > vhost-a && head -c \(vhostBytes) bulk-b > vhost-b &&
             cat '\(artifactCache)/guest/initramfs.cpio.gz' > initrd && truncate -s %4 initrd &&
             cat '\(artifactCache)/guest/nettools.cpio.gz' >> initrd && truncate -s %4 initrd &&
@@ -134,16 +141,16 @@ import Testing
     }
 
     /// TCP both ways with equal checksums: 32 MB to the host and 16 MiB
-    /// from it with the offloads on, 16 MiB each way with them off (the
+    /// from it with the offloads on, 4 MiB each way with them off (the
     /// guest's transmit offloads, and its receive offloads through the
     /// control queue), and four small flows each way.
     @Test func tcpCarriesTheBytesBothWaysWithOffloadsOnAndOff() throws {
         let s = try Self.session.get()
         let a = try Self.sha256("yes svmm-net-A | head -c \(Self.largeBytes)")
         let small = try Self.sha256("yes svmm-net-small | head -c \(Self.smallBytes)")
-        let b = try Self.sha256("yes svmm-net-B | head -c \(Self.bulkBytes)")
+        let b = try Self.sha256("yes svmm-net-B | head -c \(Self.offloadsOffBytes)")
         #expect(line(s, "NET-SENT-A") == "NET-SENT-A 0" && line(s, "NET-SMALL-SENT") == "NET-SMALL-SENT 0" && line(s, "NET-SENT-B") == "NET-SENT-B 0")
-        #expect(s.hostReceived == ["\(Self.largeBytes) \(a)"] + Array(repeating: "\(Self.smallBytes) \(small)", count: 4) + ["\(Self.bulkBytes) \(b)"],
+        #expect(s.hostReceived == ["\(Self.largeBytes) \(a)"] + Array(repeating: "\(Self.smallBytes) \(small)", count: 4) + ["\(Self.offloadsOffBytes) \(b)"],
                 "host received: \(s.hostReceived)")
         #expect(line(s, "=== host-sent-a") == "=== host-sent-a 0" && line(s, "=== host-sent-small") == "=== host-sent-small 0"
                 && line(s, "=== host-sent-b") == "=== host-sent-b 0")
