@@ -76,6 +76,9 @@ import Testing
         let inner = """
             set -u
             cd '\(dir)'
+            # A retried sandbox (125) runs this again here: nothing of the first
+            # attempt's may be taken for this one's (a stale api.sock answers no one).
+            rm -f api.sock client.sock console.out client-console.out serve.err client-serve.err vm-config.out resp.*
             # METHOD PATH [curl arguments]: prints the body, a space and the status; keeps
             # each exchange (resp.*.request, .meta, .body) for the OpenAPI check.
             api() {

@@ -12,7 +12,11 @@
 #     side; then the refusal table against its files.
 set -u
 svmm=$1 cache=$2 dir=$3
-cd "$dir"
+cd "$dir" || exit 2
+# A retried sandbox (125) runs this again in the same directory: nothing of
+# the first attempt's may be taken for this one's (a stale socket, a fifo, a
+# written disk, a console).
+rm -rf extra extra.cpio.gz initrd.cpio.gz disk.img ./*.in ./*.sock ./*.out ./*.err ./*.snap ./*.mem ./*.json resp.body resp.status
 con() { tr -d '\r' < "$1"; }
 last() { con "$1" | grep -a '^C [0-9]*$' | tail -1 | cut -d' ' -f2; }
 first() { con "$1" | grep -a '^C [0-9]*$' | head -1 | cut -d' ' -f2; }
