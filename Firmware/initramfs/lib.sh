@@ -38,8 +38,9 @@ module_deps() {
 }
 
 # load_module PATH: insmod PATH (relative to $MODDIR), with its parameters
-# from the kernel command line, after every module it depends on. modules.dep was made by depmod when the initramfs was built; the
-# order is computed here, never written down by hand.
+# from the kernel command line, after every module it depends on.
+# modules.dep was made by depmod when the initramfs was built; the order is
+# computed here, never written down by hand.
 load_module() {
     local m="$1" dep
     case "$LOADED$FAILED" in *" $m "*) return 0 ;; esac

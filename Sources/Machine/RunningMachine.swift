@@ -168,9 +168,9 @@ public final class RunningMachine: Sendable {
         }
         // Each thread answers once it is out of KVM_RUN (or has stopped).
         while started.load(ordering: .acquiring), controls.contains(where: { $0.now == .running }) { usleep(100) }
-        // As Firecracker and QEMU do: the guest's clock runs on through the
-        // pause, and kvm-clock tells it the host stopped it, so it reports no
-        // soft lockup or RCU stall on resume.
+        // The guest's clock runs on through the pause (as Firecracker's);
+        // kvm-clock tells it the host stopped it (Firecracker and QEMU make
+        // the same call), so it reports no soft lockup or RCU stall on resume.
         for vcpu in vcpus { vcpu.markGuestStopped() }
         for device in virtio { device.pause() }
     }
