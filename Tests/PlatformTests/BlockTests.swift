@@ -48,7 +48,8 @@ import Testing
             cd '\(dir)' && truncate -s 8M a.img && head -c 4194304 /dev/urandom > b.img &&
             head -c 2097152 /dev/urandom > c.img && truncate -s 1M d.img && truncate -s 1M e.img && truncate -s 2M k.img &&
             head -c 2097152 /dev/urandom > g.img && truncate -s 32M f.img && cat '\(artifactCache)/guest/initramfs.cpio.gz' > initrd && truncate -s %4 initrd &&
-            cat '\(artifactCache)/guest/e2fsprogs.cpio.gz' >> initrd
+            cat '\(artifactCache)/guest/e2fsprogs.cpio.gz' >> initrd &&
+            for f in a f g k; do cp --sparse=always $f.img $f.orig; done
             """
         let made = try runProgram("/bin/sh", ["-c", setup])
         guard made.status == 0 else { throw CocoaError(.fileWriteUnknown, userInfo: [NSLocalizedDescriptionKey: "cannot make the images in \(dir): \(made.stderr)"]) }
@@ -75,6 +76,9 @@ import Testing
         let killScript = "yes \(killPattern) | head -c \(killBytes) >/dev/vda; sync; echo BLK-SYNCED; sleep 600"
         let script = """
             cd '\(dir)'
+            # The images the guest writes, as made: a sandbox retried after a
+            # failure of its own (status 125) runs this again in the same directory.
+            for f in a f g k; do cp --sparse=always $f.orig $f.img || exit 1; done
             # A file system with hole punching (and O_DIRECT) for the discard disk: ext4 on a loop device in L1.
             truncate -s 64M ext4.img && mkfs.ext4 -q ext4.img && mkdir -p /run/svmm-ext4 && mount -o loop ext4.img /run/svmm-ext4 &&
                 head -c 8388608 /dev/urandom >/run/svmm-ext4/disc.img
