@@ -104,6 +104,28 @@ final class NoTransport: VirtioTransport {
         let c = net.counters[0]
         #expect(c.txPackets.load(ordering: .relaxed) == 1 && c.txBytes.load(ordering: .relaxed) == 1000)
         #expect(c.txDropped.load(ordering: .relaxed) == 2)
+        // Each completion is offered; this driver (no EVENT_IDX, no
+        // NO_INTERRUPT flag) asks to hear of every one.
+        #expect(context.interrupts == [1, 1, 1])
+    }
+
+    /// With EVENT_IDX the per-completion offers give one interrupt per
+    /// crossing of the driver's used_event: here at the first completion,
+    /// not again for the two after it.
+    @Test func transmitCompletionsInterruptOncePerUsedEvent() throws {
+        let (net, backend) = device(features: 0)
+        let d = TestDriver(memory: memory, size: 8, base: 0x100000)
+        let packet = frame(200)
+        try memory.write(packet, at: Self.buffers)
+        for i: UInt16 in 0..<3 {
+            try d.setDescriptor(i, address: Self.buffers, length: UInt32(packet.count), flags: 0)
+            try d.makeAvailable(i)
+        }
+        try memory.store(UInt16(0), at: d.avail + 4 + 2 * UInt64(d.size))    // used_event: wake me after entry 0
+        let context = Context()
+        try net.process(queue: 1, try d.queue(eventIndex: true), context: context)
+        for _ in 0..<3 { #expect(backend.receive() == packet) }
+        #expect(d.usedIdx == 3)
         #expect(context.interrupts == [1])
     }
 
@@ -134,6 +156,52 @@ final class NoTransport: VirtioTransport {
         #expect(got == expected)
         #expect(net.counters[0].rxPackets.load(ordering: .relaxed) == 1 && net.counters[0].rxBytes.load(ordering: .relaxed) == 3000)
         #expect(context.interrupts == [0])
+    }
+
+    /// With room for the largest frame available, frames are read straight
+    /// into the guest's buffers: each keeps the chains it filled (num_buffers
+    /// says how many), the chains it did not need stay available, untouched.
+    @Test func framesAreReadStraightIntoBuffersThatCanHoldTheLargest() throws {
+        let (net, backend) = device(features: VirtioNet.Feature.mergeableRxBuffers)
+        let d = TestDriver(memory: memory, size: 32, base: 0x100000)
+        let q = try d.queue()
+        for i in 0..<20 {                                                  // 80 KiB: more than maxPacket
+            try d.setDescriptor(UInt16(i), address: Self.buffers + UInt64(i) * 4096, length: 4096, flags: 2)
+            try d.makeAvailable(UInt16(i))
+        }
+        #expect(20 * 4096 >= VirtioNet.maxPacket)
+        let first = frame(9000, seed: 3), second = frame(100, seed: 5)
+        backend.send(first)
+        backend.send(second)
+        let context = Context()
+        try net.inputReady(0, queues: [q, nil, nil], context: context)
+        #expect(d.usedIdx == 4)
+        #expect(try d.usedElement(0) == (0, 4096) && d.usedElement(1) == (1, 4096) && d.usedElement(2) == (2, UInt32(first.count - 8192)))
+        #expect(try d.usedElement(3) == (3, UInt32(second.count)))
+        var expected = first
+        expected[10] = 3                                                   // num_buffers
+        #expect(try memory.read(at: Self.buffers, count: first.count) == expected)
+        expected = second
+        expected[10] = 1
+        #expect(try memory.read(at: Self.buffers + 3 * 4096, count: second.count) == expected)
+        #expect(q.availableEntries == 16)                                  // the rest went back
+        #expect(try memory.read(at: Self.buffers + 4 * 4096, count: 16 * 4096).allSatisfy { $0 == 0 })
+        let c = net.counters[0]
+        #expect(c.rxPackets.load(ordering: .relaxed) == 2 && c.rxBytes.load(ordering: .relaxed) == 9100)
+        #expect(context.interrupts == [0])
+        // Without mergeable buffers: one chain of 17 buffers (68 KiB) takes the frame whole.
+        let (single, backend2) = device(features: 0)
+        let d2 = TestDriver(memory: memory, size: 32, base: 0x200000)
+        for i in 0..<17 {
+            try d2.setDescriptor(UInt16(i), address: Self.buffers + 0x40000 + UInt64(i) * 4096, length: 4096, flags: i < 16 ? 3 : 2, next: UInt16(i + 1))
+        }
+        try d2.makeAvailable(0)
+        backend2.send(first)
+        try single.inputReady(0, queues: [try d2.queue(), nil, nil], context: Context())
+        #expect(try d2.usedIdx == 1 && d2.usedElement(0) == (0, UInt32(first.count)))
+        expected = first
+        expected[10] = 1
+        #expect(try memory.read(at: Self.buffers + 0x40000, count: first.count) == expected)
     }
 
     /// Without mergeable buffers a frame must fit one chain: a bigger one is
