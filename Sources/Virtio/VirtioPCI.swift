@@ -207,18 +207,27 @@ public final class VirtioPCIDevice: BusDevice, PCIFunction, VirtioQueueContext, 
         let controlWait = pollfd(fd: control.fd, events: Int16(POLLIN), revents: 0)
         let waits = notifyEvents.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
         let inputs = device.inputFDs
+        // Filled again before every wait, in place: nothing allocated per wakeup.
+        var fds: [pollfd] = []
+        fds.reserveCapacity(1 + waits.count + inputs.count)
+        var polled: [Int] = []          // which of the device's inputs follow the notifications
+        polled.reserveCapacity(inputs.count)
         while !stopping.load(ordering: .acquiring) {
             let isPaused = paused.load(ordering: .acquiring)
-            // A queue the host kernel serves (vhost) is not polled: its fd stays in the
-            // list (indices line up) with no events asked.
-            var fds = [controlWait] + (isPaused ? [] : waits.enumerated().map { i, w in
-                device.servedInKernel(queue: i) ? pollfd(fd: -1, events: 0, revents: 0) : w
-            })
-            var polled: [Int] = []      // which of the device's inputs follow the notifications
-            if !isPaused && !inputs.isEmpty && active.withLock({ $0 != nil }) {
-                for (i, fd) in inputs.enumerated() where device.wantsInput(i) {
-                    polled.append(i)
-                    fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
+            fds.removeAll(keepingCapacity: true)
+            polled.removeAll(keepingCapacity: true)
+            fds.append(controlWait)
+            if !isPaused {
+                // A queue the host kernel serves (vhost) is not polled: its fd stays in the
+                // list (indices line up) with no events asked.
+                for (i, w) in waits.enumerated() {
+                    fds.append(device.servedInKernel(queue: i) ? pollfd(fd: -1, events: 0, revents: 0) : w)
+                }
+                if !inputs.isEmpty && active.withLock({ $0 != nil }) {
+                    for (i, fd) in inputs.enumerated() where device.wantsInput(i) {
+                        polled.append(i)
+                        fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
+                    }
                 }
             }
             let n = poll(&fds, nfds_t(fds.count), -1)
