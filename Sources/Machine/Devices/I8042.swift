@@ -10,6 +10,14 @@ import VMCore
 /// guest raise IRQ 1 (an edge per byte) while the controller's keyboard
 /// interrupt is enabled. The keyboard speaks scan code set 2 (the
 /// controller does not translate unless the guest sets the bit).
+///
+/// Two queues feed port 0x60, as on a PC: the answer to the last command
+/// (the controller's, or the keyboard's acknowledgement and reply) comes
+/// first, and the keys typed wait behind it, kept while the guest talks to
+/// the keyboard (a command's answer replaced them before, so keys typed
+/// just before the driver set the LEDs were lost). A new command's answer
+/// replaces an unread older answer; the keyboard's reset commands (0xFF,
+/// 0xF5, 0xF6) clear its keys, as a keyboard's reset does.
 public final class I8042: BusDevice {
     public static let dataPort: UInt16 = 0x60
     public static let commandPort: UInt16 = 0x64
@@ -35,11 +43,15 @@ public final class I8042: BusDevice {
         var pendingCommand: UInt8?
         /// A keyboard command waiting for its parameter (set LEDs, typematic rate, scan code set).
         var keyboardParameter = false
+        /// Keys typed, not yet read.
         var buffer: [UInt8] = []
+        /// The last command's answer, not yet read; read before the keys.
+        /// Optional so that states saved before it existed still load.
+        var answer: [UInt8]? = nil
 
         var status: UInt8 {
             var s = statusUnlocked | (control & controlSystem)
-            if !buffer.isEmpty { s |= statusOutputFull }
+            if !buffer.isEmpty || answer?.isEmpty == false { s |= statusOutputFull }
             if pendingCommand != nil { s |= statusCommandData }
             return s
         }
@@ -77,9 +89,16 @@ public final class I8042: BusDevice {
             data[0] = state.withLock { $0.status }
         case Self.dataPort:
             let (byte, more) = state.withLock { s -> (UInt8, Bool) in
-                guard !s.buffer.isEmpty else { return (0, false) }
-                let b = s.buffer.removeFirst()
-                return (b, !s.buffer.isEmpty && s.control & Self.controlKeyboardInterrupt != 0)
+                let b: UInt8
+                if var a = s.answer, !a.isEmpty {
+                    b = a.removeFirst()
+                    s.answer = a.isEmpty ? nil : a
+                } else if !s.buffer.isEmpty {
+                    b = s.buffer.removeFirst()
+                } else {
+                    return (0, false)
+                }
+                return (b, s.status & Self.statusOutputFull != 0 && s.control & Self.controlKeyboardInterrupt != 0)
             }
             data[0] = byte
             if more { pulse() }
@@ -94,7 +113,7 @@ public final class I8042: BusDevice {
         var interrupt = false, resetNow = false
         state.withLock { s in
             func answer(_ bytes: [UInt8]) {
-                s.buffer = bytes   // a command's answer replaces what was unread
+                s.answer = bytes   // replaces an unread answer; the keys wait behind it
                 interrupt = s.control & Self.controlKeyboardInterrupt != 0
             }
             if port == Self.commandPort {
@@ -132,7 +151,12 @@ public final class I8042: BusDevice {
             }
             switch v {
             case 0xF2: answer([0xFA, 0xAB, 0x83])                       // identify: an MF2 keyboard
-            case 0xFF: answer([0xFA, 0xAA])                             // reset: self-test passed
+            case 0xFF:                                                  // reset: self-test passed
+                s.buffer.removeAll()
+                answer([0xFA, 0xAA])
+            case 0xF5, 0xF6:                                            // defaults (and disable): the keys are dropped
+                s.buffer.removeAll()
+                answer([0xFA])
             case 0xEE: answer([0xEE])                                   // echo
             case 0xED, 0xF0, 0xF3:                                      // LEDs, scan code set, typematic: a parameter follows
                 s.keyboardParameter = true
@@ -159,10 +183,12 @@ extension I8042: SnapshotDevice {
     /// Keys waiting in the buffer interrupt again once restored.
     public func restoreState(_ bytes: [UInt8]) throws(DeviceStateError) {
         let saved = try DeviceStateCoding.decode(State.self, bytes, device: "i8042")
-        guard saved.buffer.count <= Self.bufferSize else { throw DeviceStateError("i8042: \(saved.buffer.count) bytes buffered, more than \(Self.bufferSize)") }
+        guard saved.buffer.count <= Self.bufferSize, (saved.answer?.count ?? 0) <= 3 else {
+            throw DeviceStateError("i8042: \(saved.buffer.count) keys and \(saved.answer?.count ?? 0) answer bytes buffered, more than \(Self.bufferSize) and 3")
+        }
         let interrupt = state.withLock { s in
             s = saved
-            return !s.buffer.isEmpty && s.control & Self.controlKeyboardInterrupt != 0
+            return s.status & Self.statusOutputFull != 0 && s.control & Self.controlKeyboardInterrupt != 0
         }
         if interrupt { pulse() }
     }
