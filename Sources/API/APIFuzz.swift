@@ -13,8 +13,9 @@ public enum APIFuzz {
         func sendCtrlAltDel() throws(HTTPError) {}
         func prometheus() -> String { "" }
         func metricsLine() -> String { "{}" }
-        func createSnapshot(diff: Bool, statePath: String, memoryPath: String) throws(HTTPError) {}
-        func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError) -> (vcpus: Int, memoryMiB: Int) { (1, 128) }
+        func createSnapshot(diff: Bool, statePath: String, memoryPath: String, configuration: FullVmConfiguration) throws(HTTPError) {}
+        func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError)
+            -> (vcpus: Int, memoryMiB: Int, configuration: FullVmConfiguration?) { (1, 128, nil) }
     }
 
     public static func run(_ input: UnsafeRawBufferPointer) {

@@ -21,11 +21,16 @@ public protocol APIBackend: AnyObject, Sendable {
     /// Writes a snapshot of the paused machine: its state to `statePath`,
     /// guest RAM to `memoryPath` (all of it, or with `diff` the pages
     /// written since the last snapshot, into the base memory file there).
-    func createSnapshot(diff: Bool, statePath: String, memoryPath: String) throws(HTTPError)
+    /// `configuration` (the machine's as `GET /vm/config` shows it, without
+    /// logger and metrics) goes into the state file for the restored
+    /// instance to show.
+    func createSnapshot(diff: Bool, statePath: String, memoryPath: String, configuration: FullVmConfiguration) throws(HTTPError)
     /// Builds the machine a snapshot describes and restores it, paused
     /// unless `resume`; `trackDirtyPages` for later Diff snapshots. Returns
-    /// the restored machine's vCPUs and RAM (for `GET /machine-config`).
-    func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError) -> (vcpus: Int, memoryMiB: Int)
+    /// the restored machine's vCPUs and RAM (for `GET /machine-config`) and
+    /// the configuration the snapshot recorded, where it did.
+    func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError)
+        -> (vcpus: Int, memoryMiB: Int, configuration: FullVmConfiguration?)
 }
 
 public enum InstanceState: String, Sendable, Codable {
@@ -242,7 +247,10 @@ public final class FirecrackerAPI: Sendable {
             if diff, shared.withLock({ $0.machine.track_dirty_pages }) != true {
                 throw HTTPError(status: 400, "Diff snapshots are not allowed on microVMs with dirty page tracking disabled.")
             }
-            try backend.createSnapshot(diff: diff, statePath: body.snapshot_path, memoryPath: body.mem_file_path)
+            var recorded = configuration
+            recorded.logger = nil
+            recorded.metrics = nil
+            try backend.createSnapshot(diff: diff, statePath: body.snapshot_path, memoryPath: body.mem_file_path, configuration: recorded)
             log("snapshot (\(diff ? "Diff" : "Full")) written to \(body.snapshot_path)")
             return .noContent
         case ("PUT", "snapshot", 2) where parts[1] == "load":
@@ -323,6 +331,16 @@ public final class FirecrackerAPI: Sendable {
                                                 resume: body.resume_vm ?? false)
         shared.withLock { s in
             s.state = .running
+            // What the snapshot's instance was configured with (its drives,
+            // interfaces, boot source), as Firecracker shows after a load;
+            // this instance's own logger and metrics stay.
+            if let c = restored.configuration {
+                s.config.boot_source = c.boot_source
+                s.config.drives = c.drives
+                s.config.network_interfaces = c.network_interfaces
+                s.config.entropy = c.entropy
+                if let m = c.machine_config { s.machine = m }
+            }
             s.machine.vcpu_count = restored.vcpus
             s.machine.mem_size_mib = restored.memoryMiB
             s.machine.track_dirty_pages = track

@@ -236,19 +236,20 @@ final class ServeBackend: APIBackend {
         startedOrStopped.signal()
     }
 
-    func createSnapshot(diff: Bool, statePath: String, memoryPath: String) throws(HTTPError) {
+    func createSnapshot(diff: Bool, statePath: String, memoryPath: String, configuration: FullVmConfiguration) throws(HTTPError) {
         guard let built = machine.withLock({ $0 }), let request = request.withLock({ $0 }) else {
             throw HTTPError(status: 400, Self.notRunning)
         }
-        do { try SnapshotFiles.create(built, request: request, diff: diff, statePath: statePath, memoryPath: memoryPath) } catch {
+        do { try SnapshotFiles.create(built, request: request, api: configuration, diff: diff, statePath: statePath, memoryPath: memoryPath) } catch {
             throw HTTPError(status: 400, "Create snapshot error: \(error.message)")
         }
     }
 
-    func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError) -> (vcpus: Int, memoryMiB: Int) {
-        let built: LinuxMachine, request: MachineRequest
+    func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError)
+        -> (vcpus: Int, memoryMiB: Int, configuration: FullVmConfiguration?) {
+        let built: LinuxMachine, request: MachineRequest, api: FullVmConfiguration?
         do {
-            (built, request) = try SnapshotFiles.restore(statePath: statePath, memoryPath: memoryPath, trackDirtyPages: trackDirtyPages,
+            (built, request, api) = try SnapshotFiles.restore(statePath: statePath, memoryPath: memoryPath, trackDirtyPages: trackDirtyPages,
                                                          kvmPath: kvmPath, started: started, output: output, input: input,
                                                          reportTime: reportRestoreTime)
         } catch {
@@ -258,7 +259,7 @@ final class ServeBackend: APIBackend {
         var timed = request
         timed.timeoutSeconds = timeoutSeconds
         try run(built, request: timed, paused: !resume)
-        return (request.cpus, Int(request.memoryBytes >> 20))
+        return (request.cpus, Int(request.memoryBytes >> 20), api)
     }
 
     static let notRunning = "The microVM is not running."

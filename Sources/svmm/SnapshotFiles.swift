@@ -1,3 +1,4 @@
+import API
 import Dispatch
 import FoundationEssentials
 import Glibc
@@ -32,8 +33,13 @@ struct SnapshotConfiguration: Codable {
     var cpuFeatures: [String]
     var disks: [Disk]
     var nets: [Net]
+    /// The instance's configuration as `GET /vm/config` showed it (no
+    /// logger or metrics), where the machine came through the API: what a
+    /// restored instance shows. Absent from snapshots made before it was kept.
+    var api: FullVmConfiguration?
 
-    init(_ r: MachineRequest, machine: LinuxMachine) {
+    init(_ r: MachineRequest, machine: LinuxMachine, api: FullVmConfiguration?) {
+        self.api = api
         cpus = r.cpus
         memoryBytes = r.memoryBytes
         console = r.console.rawValue
@@ -97,12 +103,13 @@ enum SnapshotFiles {
     /// new sparse file at `memoryPath`; Diff: the dirtied pages into the
     /// base memory file there), then the state file, through a temporary
     /// name renamed into place, so a state file is never half written.
-    static func create(_ machine: LinuxMachine, request: MachineRequest, diff: Bool, statePath: String, memoryPath: String) throws(SnapshotLoadFailure) {
+    static func create(_ machine: LinuxMachine, request: MachineRequest, api: FullVmConfiguration?, diff: Bool, statePath: String,
+                       memoryPath: String) throws(SnapshotLoadFailure) {
         let configuration: [UInt8]
         do {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
-            configuration = Array(try encoder.encode(SnapshotConfiguration(request, machine: machine)))
+            configuration = Array(try encoder.encode(SnapshotConfiguration(request, machine: machine, api: api)))
         } catch { throw SnapshotLoadFailure("cannot encode the machine's configuration: \(error)", .failure) }
         let state: SnapshotState
         do { state = try machine.snapshotState(configuration: configuration) } catch {
@@ -171,7 +178,8 @@ enum SnapshotFiles {
     /// Builds the snapshot's machine and restores it (not started). The
     /// memory file is opened read-only and mapped privately: never written.
     static func restore(statePath: String, memoryPath: String, trackDirtyPages: Bool, kvmPath: String, started: UInt64,
-                        output: ConsoleOutput, input: ConsoleInput, reportTime: Bool = false) throws(SnapshotLoadFailure) -> (LinuxMachine, MachineRequest) {
+                        output: ConsoleOutput, input: ConsoleInput, reportTime: Bool = false) throws(SnapshotLoadFailure)
+        -> (LinuxMachine, MachineRequest, FullVmConfiguration?) {
         func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
         let t0 = now()
         let (state, configuration) = try read(statePath: statePath)
@@ -206,6 +214,6 @@ enum SnapshotFiles {
             }
             throw SnapshotLoadFailure("cannot restore \(statePath): \(error.description)", status)
         }
-        return (machine, request)
+        return (machine, request, configuration.api)
     }
 }

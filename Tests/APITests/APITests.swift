@@ -9,8 +9,15 @@ final class RecordingBackend: APIBackend {
     let started = Mutex<FullVmConfiguration?>(nil)
     let paused = Atomic<Bool>(false)
     let failStart: HTTPError?
+    /// The configuration the last snapshot was given to record.
+    let recorded = Mutex<FullVmConfiguration?>(nil)
+    /// What a load says the snapshot recorded.
+    let restores: FullVmConfiguration?
 
-    init(failStart: HTTPError? = nil) { self.failStart = failStart }
+    init(failStart: HTTPError? = nil, restores: FullVmConfiguration? = nil) {
+        self.failStart = failStart
+        self.restores = restores
+    }
 
     func start(_ config: FullVmConfiguration) throws(HTTPError) {
         calls.withLock { $0.append("start") }
@@ -23,13 +30,15 @@ final class RecordingBackend: APIBackend {
     func sendCtrlAltDel() throws(HTTPError) { calls.withLock { $0.append("ctrl-alt-del") } }
     func prometheus() -> String { "svmm_vcpus 1\n" }
     func metricsLine() -> String { #"{"utc_timestamp_ms":1}"# }
-    func createSnapshot(diff: Bool, statePath: String, memoryPath: String) throws(HTTPError) {
+    func createSnapshot(diff: Bool, statePath: String, memoryPath: String, configuration: FullVmConfiguration) throws(HTTPError) {
         calls.withLock { $0.append("snapshot \(diff ? "Diff" : "Full") \(statePath) \(memoryPath)") }
+        recorded.withLock { $0 = configuration }
     }
-    func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError) -> (vcpus: Int, memoryMiB: Int) {
+    func loadSnapshot(statePath: String, memoryPath: String, trackDirtyPages: Bool, resume: Bool) throws(HTTPError)
+        -> (vcpus: Int, memoryMiB: Int, configuration: FullVmConfiguration?) {
         calls.withLock { $0.append("load \(statePath) \(memoryPath) track=\(trackDirtyPages) resume=\(resume)") }
         paused.store(!resume, ordering: .releasing)
-        return (2, 256)
+        return (2, 256, restores)
     }
 }
 
@@ -432,6 +441,47 @@ func fault(_ r: HTTPResponse) -> String {
         let configured = FirecrackerAPI(id: "t", version: "0", backend: RecordingBackend())
         #expect(configured.handle(request("PUT", "/machine-config", #"{"vcpu_count": 2, "mem_size_mib": 256}"#)).status == 204)
         #expect(fault(configured.handle(request("PUT", "/snapshot/load", load))).contains("after configuring boot-specific resources"))
+    }
+
+    /// A snapshot records the instance's configuration (not its logger or
+    /// metrics, which belong to a process), and an instance restored from it
+    /// shows it at `GET /vm/config`, as Firecracker does since its 1.1.
+    @Test func aRestoredInstanceShowsTheConfigurationItWasMadeWith() throws {
+        let files = try Files()
+        FileManager.default.createFile(atPath: files.path("metrics"), contents: nil)
+        let backend = RecordingBackend()
+        let api = FirecrackerAPI(id: "t", version: "0", backend: backend)
+        let setup = [
+            ("PUT", "/boot-source", #"{"kernel_image_path": "\#(files.path("vmlinux"))", "boot_args": "console=ttyS0"}"#),
+            ("PUT", "/machine-config", #"{"vcpu_count": 2, "mem_size_mib": 256, "track_dirty_pages": true}"#),
+            ("PUT", "/drives/data", #"{"drive_id": "data", "path_on_host": "\#(files.path("data.img"))", "is_root_device": false}"#),
+            ("PUT", "/network-interfaces/eth0", #"{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:AC:10:00:02"}"#),
+            ("PUT", "/metrics", #"{"metrics_path": "\#(files.path("metrics"))"}"#),
+            ("PUT", "/actions", #"{"action_type": "InstanceStart"}"#),
+            ("PATCH", "/vm", #"{"state": "Paused"}"#),
+            ("PUT", "/snapshot/create", #"{"snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#),
+        ]
+        for (method, path, body) in setup {
+            let r = api.handle(request(method, path, body))
+            #expect(r.status == 204, "\(method) \(path): \(fault(r))")
+        }
+        var expected = api.configuration
+        #expect(expected.metrics != nil && expected.drives?.count == 1 && expected.network_interfaces?.count == 1)
+        expected.metrics = nil
+        #expect(backend.recorded.withLock { $0 } == expected)
+
+        let restored = FirecrackerAPI(id: "r", version: "0", backend: RecordingBackend(restores: expected))
+        let load = #"{"snapshot_path": "/tmp/s", "mem_backend": {"backend_type": "File", "backend_path": "/tmp/m"}, "resume_vm": true}"#
+        #expect(restored.handle(request("PUT", "/snapshot/load", load)).status == 204)
+        let shown = try JSONDecoder().decode(FullVmConfiguration.self, from: Data(restored.handle(request("GET", "/vm/config")).body))
+        #expect(shown.drives == expected.drives && shown.network_interfaces == expected.network_interfaces)
+        #expect(shown.boot_source == expected.boot_source)
+        #expect(shown.machine_config?.vcpu_count == 2 && shown.machine_config?.track_dirty_pages == false, "\(String(describing: shown.machine_config))")
+        // A snapshot that recorded none (made before svmm kept it): the machine only.
+        let older = FirecrackerAPI(id: "o", version: "0", backend: RecordingBackend())
+        #expect(older.handle(request("PUT", "/snapshot/load", load)).status == 204)
+        let bare = try JSONDecoder().decode(FullVmConfiguration.self, from: Data(older.handle(request("GET", "/vm/config")).body))
+        #expect(bare.drives == nil && bare.machine_config?.mem_size_mib == 256)
     }
 }
 

@@ -69,10 +69,14 @@ import Testing
 
     /// After the restore the console takes input, the network answers a
     /// ping through the TAP it reattached, and what the guest then writes to
-    /// its disk is in the image after it powers off.
+    /// its disk is in the image after it powers off. `GET /vm/config` of the
+    /// restored instance shows the drive and interface it was made with.
     @Test func theRestoredGuestTakesInputAnswersPingsAndWritesItsDisk() throws {
         let s = try Self.session.get()
         #expect(line(s, "=== a-console") == "=== a-console GOT hello-after-restore", "\(context(s))")
+        let config = line(s, "=== a-config")
+        #expect(config.hasSuffix(" 200") && config.contains(#""drive_id":"data""#) && config.contains(#""host_dev_name":"tap0""#)
+                && config.contains(#""guest_mac":"06:00:AC:10:00:02""#) && config.contains(#""vcpu_count":2"#), "\(config)")
         #expect(line(s, "=== a-ping") == "=== a-ping ok", "\(context(s))")
         #expect(line(s, "=== a-disk") == "=== a-disk write DATA-AFTER-RESTORE", "\(context(s))")
         #expect(line(s, "=== a-status") == "=== a-status 0", "\(context(s))")

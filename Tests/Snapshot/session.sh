@@ -90,6 +90,7 @@ waitfor a2.out "^C $((diff + 10))$"
 echo hello-after-restore >&3
 waitfor a2.out '^GOT hello-after-restore$'
 echo "=== a-console $(con a2.out | grep -a '^GOT ' | head -1)"
+echo "=== a-config $(api a2.sock GET /vm/config '')"
 echo "=== a-ping $(ping -c 3 -W 5 10.0.0.2 >/dev/null 2>&1 && echo ok || echo failed)"
 echo "write DATA-AFTER-RESTORE" >&3
 waitfor a2.out '^WROTE '
