@@ -90,9 +90,9 @@ public final class I8042: BusDevice {
         case Self.dataPort:
             let (byte, more) = state.withLock { s -> (UInt8, Bool) in
                 let b: UInt8
-                if var a = s.answer, !a.isEmpty {
-                    b = a.removeFirst()
-                    s.answer = a.isEmpty ? nil : a
+                if s.answer?.isEmpty == false {
+                    b = s.answer!.removeFirst()      // in place: no copy of the answer
+                    if s.answer!.isEmpty { s.answer = nil }
                 } else if !s.buffer.isEmpty {
                     b = s.buffer.removeFirst()
                 } else {
