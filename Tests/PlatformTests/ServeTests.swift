@@ -12,7 +12,10 @@ import Testing
     /// MAC, then a counter every 100 ms.
     static let guestScript = "echo 0 > /proc/sys/kernel/ctrl-alt-del; echo $$ > /proc/sys/kernel/cad_pid; trap 'echo CTRL-ALT-DEL; exit 0' INT; "
         + "echo ROOTFS $(grep ' / ' /proc/mounts | tail -1 | cut -d' ' -f1,3) $(cat /marker); echo CMDLINE $(cat /proc/cmdline); "
-        + "echo MAC $(cat /sys/class/net/eth0/address); i=0; while [ $i -lt 400 ]; do echo C $i; i=$((i+1)); sleep 0.1; done"
+        + "echo MAC $(cat /sys/class/net/eth0/address); i=0; while [ $i -lt 400 ]; do echo C $i; i=$((i+1)); sleep 0.1; done; "
+        // Reached only when the key did not stop the count: what the guest saw of its keyboard.
+        + "echo KBD-IRQ $(grep -a i8042 /proc/interrupts); grep -a 'N: Name' /proc/bus/input/devices | sed 's/^/KBD-DEV /'; "
+        + "dmesg | grep -a -i -e i8042 -e atkbd -e serio -e keyboard | grep -v svmm_cmd | sed 's/^/KBD-LOG /'"
 
     /// The requests sent while the guest runs, each answered 400 with a fault
     /// message: (method, path, body, what the fault message says).
@@ -187,7 +190,8 @@ import Testing
         #expect(l.hasPrefix("=== ctrl-alt-del  204 at "), "\(l)")
         let console = s.console.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
         // The session's own lines (when the key was sent, svmm's stderr) say more than the console.
-        #expect(console.contains("CTRL-ALT-DEL"), "console: \(s.console.suffix(1500)) session: \(s.stdout.suffix(2500))")
+        // When it fails, the guest's KBD- lines (after the count) say what it saw of the keyboard.
+        #expect(console.contains("CTRL-ALT-DEL"), "console: \(s.console.suffix(2500)) session: \(s.stdout.suffix(2500))")
         let lastCount = console.compactMap { $0.hasPrefix("C ") ? Int($0.dropFirst(2)) : nil }.last ?? -1
         #expect(lastCount >= 0 && lastCount < 399, "the count ran to \(lastCount): the key did not stop it")
         #expect(s.status == 0)
