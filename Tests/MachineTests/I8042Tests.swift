@@ -1,3 +1,4 @@
+import Dispatch
 import Machine
 import Synchronization
 import Testing
@@ -89,6 +90,37 @@ import Testing
         #expect(d.sendCtrlAltDel())
         out(d, 0x60, 0xFF)
         #expect(drain(d) == [0xFA, 0xAA])
+    }
+
+    /// The guest can take the interrupt and read the first key between the
+    /// two halves of the API thread's edge (that thread preempted between
+    /// its two KVM_IRQ_LINE calls, as in the sandbox): the read's own edge
+    /// must come after it. Interleaved (up, up, down, down), KVM, which keeps
+    /// one level per line for userspace, saw one edge for two, and Linux
+    /// never read the other three keys (ServeTests, CI runs 40 and 46).
+    @Test func anEdgeIsWholeBeforeAnotherThreadsEdgeBegins() {
+        let levels = Mutex<[Bool]>([])
+        let device = Mutex<I8042?>(nil)
+        let read = Mutex<UInt8?>(nil)
+        let readDone = DispatchSemaphore(value: 0)
+        let d = I8042(setIRQ: { high in
+            let first = levels.withLock { $0.append(high); return $0 == [true] }
+            guard first else { return }
+            // Between up and down: the "guest" reads the first key on another thread.
+            DispatchQueue.global().async {
+                var byte: UInt8 = 0
+                withUnsafeMutableBytes(of: &byte) { device.withLock { $0 }!.read(address: UInt64(I8042.dataPort), data: $0) }
+                read.withLock { $0 = byte }
+                readDone.signal()
+            }
+            // Without the lock the read (and its edge) completes in here.
+            if readDone.wait(timeout: .now() + .milliseconds(300)) == .success { readDone.signal() }
+        }, reset: {})
+        device.withLock { $0 = d }
+        #expect(d.sendCtrlAltDel())
+        readDone.wait()
+        #expect(read.withLock { $0 } == 0x14)
+        #expect(levels.withLock { $0 } == [true, false, true, false])
     }
 
     @Test func noInterruptWhileTheGuestHasItOff() {
