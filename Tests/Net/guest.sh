@@ -16,10 +16,10 @@ main)
     echo NET-QUEUES $(ls -d /sys/class/net/eth0/queues/rx-* | wc -l) $(ls -d /sys/class/net/eth0/queues/tx-* | wc -l)
     echo NET-OFFLOADS-ON $(offloads)
     ping -c 3 -W 10 10.0.0.1 >/dev/null; echo NET-PING $?
-    # Offloads on: 32 MB to the host, then four small flows from each vCPU in
+    # Offloads on: 8 MB to the host, then four small flows from each vCPU in
     # turn (transmit queues follow the CPU); then the host's flows, a bulk one
     # and four small ones (receive queues follow the TAP's flow hash).
-    yes svmm-net-A | head -c 32000000 | nc 10.0.0.1 5001; echo NET-SENT-A $?
+    yes svmm-net-A | head -c 8000000 | nc 10.0.0.1 5001; echo NET-SENT-A $?
     for i in 0 1 2 3; do yes svmm-net-small | head -c 262144 | taskset -c $((i % 2)) nc 10.0.0.1 5001; done; echo NET-SMALL-SENT $?
     (nc -l -p 5002 | sha256sum > /tmp/recv-a) &
     for p in 5010 5011 5012 5013; do (nc -l -p $p | sha256sum > /tmp/recv-$p) & done
