@@ -43,12 +43,17 @@ public final class GSIRouter: Sendable {
         public init(address: UInt64, data: UInt32) { self.address = address; self.data = data }
     }
 
-    let vm: VirtualMachine
+    /// Writes a whole table: `KVM_SET_GSI_ROUTING` on the VM (a stand-in in tests).
+    let writeTable: @Sendable ([ckvm_route]) -> Int32
     /// The first GSI past the I/O APIC's 24 pins.
     public static let firstMSIGSI: UInt32 = 24
     private let state = Mutex<(next: UInt32, msi: [UInt32: MSIMessage])>((GSIRouter.firstMSIGSI, [:]))
 
-    public init(vm: VirtualMachine) { self.vm = vm }
+    public convenience init(vm: VirtualMachine) {
+        self.init { routes in routes.withUnsafeBufferPointer { ckvm_set_gsi_routing(vm.fd, $0.baseAddress, UInt32($0.count)) } }
+    }
+
+    init(writeTable: @escaping @Sendable ([ckvm_route]) -> Int32) { self.writeTable = writeTable }
 
     /// A new GSI for an MSI route (routed once `setMSI` gives its message).
     public func allocate() -> UInt32 {
@@ -58,15 +63,21 @@ public final class GSIRouter: Sendable {
         }
     }
 
-    /// Points `gsi` at an MSI message and rewrites the table.
+    /// Points `gsi` at an MSI message and rewrites the table. The table is
+    /// written under the lock: two devices' vCPUs (each under its own
+    /// transport's lock) reprogramming vectors at once could otherwise write
+    /// their tables in the other order, the older last, and KVM would keep
+    /// a table without the newer route (the i8042's lost edges, session 20,
+    /// were this shape of race).
     public func setMSI(_ gsi: UInt32, _ message: MSIMessage) throws(KVMError) {
-        let routes = state.withLock { s -> [ckvm_route]? in
-            if s.msi[gsi] == message { return nil }
+        let r = state.withLock { s -> Int32 in
+            if s.msi[gsi] == message { return 0 }
+            let old = s.msi[gsi]
             s.msi[gsi] = message
-            return Self.table(s.msi)
+            let r = writeTable(Self.table(s.msi))
+            if r < 0 { s.msi[gsi] = old }   // KVM kept the table it had
+            return r
         }
-        guard let routes else { return }
-        let r = routes.withUnsafeBufferPointer { ckvm_set_gsi_routing(vm.fd, $0.baseAddress, UInt32($0.count)) }
         if r < 0 { throw KVMError("KVM_SET_GSI_ROUTING", errno: -r) }
     }
 
