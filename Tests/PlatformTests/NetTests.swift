@@ -26,6 +26,8 @@ import Testing
     /// 64 KiB TSO frames, thousands of descriptors, many ring wraps.
     static let largeBytes = 8_000_000
     static let smallBytes = 256 << 10
+    /// The bridged guests' one flow.
+    static let bridgeBytes = 1 << 20
     /// The vhost=on boot's flows: enough to show the host kernel carrying
     /// offloaded and plain frames both ways. Smaller than the userspace
     /// path's, because vhost-net's interrupt rate is what most often brings
@@ -79,7 +81,7 @@ import Testing
                 ip addr add 10.0.0.1/24 dev tap0 && ip link set tap0 up || echo "=== setup failed"
             \(hostSide) serve 5001 6 received &
             server=$!
-            \(svmm) --cpus 2 --memory 256M --timeout 400s --net tap=tap0,mac=\(mac) --cmdline \(cmdline("main")) </dev/null >guest.out 2>&1 &
+            \(svmm) --cpus 2 --memory 256M --timeout 400s --net tap=tap0,mac=\(mac) --cmdline \(cmdline("main \(largeBytes) \(smallBytes) \(offloadsOffBytes)")) </dev/null >guest.out 2>&1 &
             guest=$!
             waitfor NET-LISTENING-A guest.out $guest
             ping -c 3 -W 10 10.0.0.2 >/dev/null; echo "=== host-ping $?"
@@ -93,7 +95,7 @@ import Testing
             # vhost=on: the kernel carries the frames (vhost-net in L1).
             \(hostSide) serve 5005 2 received-c &
             server=$!
-            \(svmm) --cpus 2 --memory 256M --timeout 300s --net tap=tap0,vhost=on --cmdline \(cmdline("vhost")) </dev/null >vhost.out 2>&1 &
+            \(svmm) --cpus 2 --memory 256M --timeout 300s --net tap=tap0,vhost=on --cmdline \(cmdline("vhost \(vhostBytes)")) </dev/null >vhost.out 2>&1 &
             guest=$!
             waitfor NET-LISTENING-C vhost.out $guest
             \(hostSide) send 10.0.0.2 5004 vhost-b; echo "=== host-sent-c $?"
@@ -108,7 +110,7 @@ import Testing
                 echo "=== bridge setup failed"
             \(svmm) --memory 160M --timeout 300s --net tap=tb1 --cmdline \(cmdline("bridge 10.0.1.2 10.0.1.3 listen")) </dev/null >bridge1.out 2>&1 &
             one=$!
-            \(svmm) --memory 160M --timeout 300s --net tap=tb2 --cmdline \(cmdline("bridge 10.0.1.3 10.0.1.2 send")) </dev/null >bridge2.out 2>&1 &
+            \(svmm) --memory 160M --timeout 300s --net tap=tb2 --cmdline \(cmdline("bridge 10.0.1.3 10.0.1.2 send \(bridgeBytes)")) </dev/null >bridge2.out 2>&1 &
             two=$!
             wait $one; echo "=== bridged-1 $?"
             wait $two; echo "=== bridged-2 $?"
@@ -223,7 +225,7 @@ import Testing
         #expect(s.bridged == [0, 0], "stdout: \(s.stdout.suffix(3000))")
         #expect(line(s, "NET-BRIDGE-PING 10.0.1.2") == "NET-BRIDGE-PING 10.0.1.2 0")
         #expect(line(s, "NET-BRIDGE-PING 10.0.1.3") == "NET-BRIDGE-PING 10.0.1.3 0")
-        let sent = try Self.sha256("yes svmm-bridge | head -c 1048576")
+        let sent = try Self.sha256("yes svmm-bridge | head -c \(Self.bridgeBytes)")
         #expect(line(s, "NET-BRIDGE-RECEIVED") == "NET-BRIDGE-RECEIVED \(sent) -")
     }
 
