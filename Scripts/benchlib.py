@@ -44,8 +44,8 @@ def read_exit_count(event=USERSPACE_EXITS):
     return total
 
 
-def build_static_svmm():
-    subprocess.run([str(REPO / "Scripts" / "build-static")], cwd=REPO, check=True, stdout=sys.stderr)
+def build_static_svmm(*extra):
+    subprocess.run([str(REPO / "Scripts" / "build-static"), *extra], cwd=REPO, check=True, stdout=sys.stderr)
 
 
 def trivial_pvh_kernel(path):
