@@ -60,7 +60,7 @@ let package = Package(
         // libFuzzer target over the virtio data path (Scripts/fuzz builds it
         // with -sanitize=fuzzer; a plain build replays inputs).
         .executableTarget(name: "svmm-fuzz", dependencies: ["Virtio", "VMCore", "Machine", "API"]),
-        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "VMCore", "Virtio", "Stats"]),
+        .testTarget(name: "MachineTests", dependencies: ["Machine", "KVM", "VMCore", "Virtio", "Stats", "CHost"]),
         .testTarget(name: "APITests", dependencies: ["API"]),
         // Drives the scripts and the built svmm as a user would (probe,
         // sandbox, guest artifacts); needs `swift build` first.

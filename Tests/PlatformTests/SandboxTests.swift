@@ -63,13 +63,31 @@ import Testing
     /// failure. An address outside L1's areas stays COMMAND's verdict.
     @Test func anL2RegisterInL1sPerCPUAreaIsTheSandboxsFailure() throws {
         let oops = "set -- $SVMM_L1_PERCPU; [ -n \"$1\" ] || exit 3; echo \"[    2.096162] RAX: %s RBX: fffffe00000090c8 RCX: ffffffff81c01199\"; exit 12"
-        let outside = try runProgram(repoPath("Scripts/kvm-sandbox"), ["--mode", "sandbox", "--", "sh", "-c", oops.replacingOccurrences(of: "%s", with: "ffff88800f41fb80")],
+        let tripfault = "\"$0\" firmware tripfault --arg $(printf %u 0xffff88800f41fb80); [ $? = 70 ] || exit 4; "
+        let outside = try runProgram(repoPath("Scripts/kvm-sandbox"), ["--mode", "sandbox", "--", "sh", "-c", tripfault + oops.replacingOccurrences(of: "%s", with: "ffff88800f41fb80"), svmmPath],
                                      directory: repo.path)
         #expect(outside.status == 12, "\(outside.stderr)")
+        // L1 records the shutdown of an L2 vCPU whose GS base is its own (a
+        // guest that triple-faults by itself): said, and the verdict stays COMMAND's.
+        #expect(outside.stderr.contains("L1 recorded an L2 vCPU's shutdown (a triple fault): ")
+                && outside.stderr.contains("gs_base=0xffff88800f41fb80"), "\(outside.stderr)")
         let inside = try runProgram(repoPath("Scripts/kvm-sandbox"), ["--mode", "sandbox", "--", "sh", "-c", oops.replacingOccurrences(of: "%s", with: "$1")],
                                     directory: repo.path)
         #expect(inside.status == sandboxFailed, "\(inside.stderr)")
         #expect(inside.stderr.contains("is in L1's per-CPU area: L2 ran with L1's GS base"), "\(inside.stderr)")
+    }
+
+    /// An L2 vCPU that shut down (a triple fault) with a GS base in L1's
+    /// own per-CPU area ran on L1's GS base: L1 records the shutdown (its
+    /// probe reads L2's state before kvm-amd resets the vCPU), and the run
+    /// is the sandbox's failure. (Firmware/tripfault.S sets its GS base to
+    /// L1's first area plus the offset of the mix-ups on record.)
+    @Test func anL2ShutdownOnL1sGSBaseIsTheSandboxsFailure() throws {
+        let command = "set -- $SVMM_L1_PERCPU; [ -n \"$1\" ] || exit 3; \"$0\" firmware tripfault --arg $(python3 -c \"print(0x$1 + 0x1fb80)\")"
+        let r = try runProgram(repoPath("Scripts/kvm-sandbox"), ["--mode", "sandbox", "--", "sh", "-c", command, svmmPath], directory: repo.path)
+        #expect(r.status == sandboxFailed, "\(r.stderr)")
+        #expect(r.stderr.contains("L1's nested virtualization ran an L2 vCPU on L1's own GS base until it shut down: ")
+                && r.stderr.contains("is in L1's per-CPU area"), "\(r.stderr)")
     }
 
     /// A command that fails while L1's own kernel logs an oops, BUG or

@@ -102,4 +102,10 @@ int chost_if_mtu(const char *name);
 // wait for it. Returns 0, or -errno (nothing detached; the caller exits as usual).
 int chost_detach_teardown(void);
 
+// Advises each segment of the running program's own file MADV_RANDOM (no
+// fault-around: svmm's resident set holds the pages it touches, not their
+// neighbours; chost.c). An optimized build calls it as the process starts,
+// before the Swift runtime; a debug build never does (tests call it).
+void chost_map_own_binary_sparsely(void);
+
 #endif
