@@ -72,7 +72,7 @@ import Testing
             "echo BLK-FLUSHES-A $(awk '{print $16}' /sys/block/vda/stat)",
         ].joined(separator: "; ")
         let cmdline = "console=ttyS0 panic=-1 quiet svmm_cmd=\"\(guest)\""
-        let svmm = "'\(svmmPath)' boot --memory 256M --timeout 500s"
+        let svmm = "'\(svmmPath)' boot --memory 256M --timeout 300s"
         let killScript = "yes \(killPattern) | head -c \(killBytes) >/dev/vda; sync; echo BLK-SYNCED; sleep 600"
         let script = """
             cd '\(dir)'
